@@ -1,0 +1,42 @@
+# sparkvisor: `make demo` runs a real streaming job under sparkvisor (probes on
+# :8080); `make test` runs the whole suite. Both install what they need:
+# Java 17 (apt-get, when `java` is missing) and pyspark into ./.venv.
+
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
+SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
+
+.PHONY: test demo lint java venv build help
+
+help:
+	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
+	@echo "make test   install what is missing, then fmt, clippy and the whole test suite"
+
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "java not found: installing openjdk-17-jre-headless"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jre-headless; }
+	@java -version 2>&1 | head -1
+
+$(STAMP): requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+	touch $@
+
+venv: $(STAMP)
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+build:
+	cargo build --release
+
+test: java venv lint
+	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
+	  cargo test --all-targets -- --test-threads=2

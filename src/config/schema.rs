@@ -1,0 +1,350 @@
+//! The configuration schema: one struct per section of DESIGN.md.
+//!
+//! Invariants: every struct denies unknown keys and has a `Default` that is
+//! the documented default (`config/sparkvisor.toml` repeats them and a test
+//! checks that file loads). Values that depend on the environment (SPARK_HOME,
+//! POD_IP, the Kubernetes API address) stay `None` here and are resolved by
+//! `config::resolve`, which records where each one came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub spark: SparkConfig,
+    pub sizing: SizingConfig,
+    pub supervisor: SupervisorConfig,
+    pub checkpoint: CheckpointConfig,
+    pub probes: ProbesConfig,
+    pub jvm: JvmConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Local,
+    Client,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Local => "local",
+            Mode::Client => "client",
+        })
+    }
+}
+
+/// A Spark conf value: TOML strings, numbers and booleans are all accepted
+/// and passed to Spark as text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ConfValue(pub String);
+
+impl<'de> Deserialize<'de> for ConfValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ConfValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ConfValue, E> {
+                Ok(ConfValue(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ConfValue, E> {
+                Ok(ConfValue(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ConfValue, E> {
+                Ok(ConfValue(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ConfValue, E> {
+                Ok(ConfValue(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ConfValue, E> {
+                Ok(ConfValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SparkConfig {
+    /// Spark installation; default `$SPARK_HOME`.
+    pub home: Option<PathBuf>,
+    pub mode: Mode,
+    /// The application: a `.py` file, a jar, or `s3://…` (downloaded first).
+    pub app: Option<String>,
+    pub app_args: Vec<String>,
+    pub main_class: Option<String>,
+    pub name: Option<String>,
+    /// `--py-files` entries.
+    pub py_files: Vec<String>,
+    /// `--jars` entries.
+    pub jars: Vec<String>,
+    /// Spark confs; always win over computed values.
+    pub conf: BTreeMap<String, ConfValue>,
+    /// A spark-defaults style file merged under `conf`.
+    pub properties_file: Option<PathBuf>,
+    /// Extra environment for spark-submit.
+    pub env: BTreeMap<String, ConfValue>,
+    pub client: ClientConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Default `k8s://https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub master: Option<String>,
+    /// Default `$POD_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// Default `$POD_NAME`.
+    pub pod_name: Option<String>,
+    /// Default `$POD_IP`.
+    pub pod_ip: Option<String>,
+    pub driver_port: u16,
+    pub block_manager_port: u16,
+    pub executor_image: Option<String>,
+    pub service_account: Option<String>,
+    pub executor_instances: u32,
+    pub executor_cores: u32,
+    pub executor_memory: ByteSize,
+    pub executor_memory_overhead: Option<ByteSize>,
+    pub executor_pod_template: Option<PathBuf>,
+    /// Graceful executor decommissioning (spot nodes).
+    pub decommission: bool,
+    /// Delete the previous attempt's executor pods before a restart.
+    pub delete_executors_on_restart: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            master: None,
+            namespace: None,
+            pod_name: None,
+            pod_ip: None,
+            driver_port: 7078,
+            block_manager_port: 7079,
+            executor_image: None,
+            service_account: None,
+            executor_instances: 2,
+            executor_cores: 1,
+            executor_memory: ByteSize::gib(2),
+            executor_memory_overhead: None,
+            executor_pod_template: None,
+            decommission: false,
+            delete_executors_on_restart: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuRounding {
+    #[default]
+    Ceil,
+    Floor,
+    Nearest,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SizingConfig {
+    /// Use this many CPUs instead of the detected limit.
+    pub cpus: Option<f64>,
+    /// Use this memory limit instead of the detected one.
+    pub memory: Option<ByteSize>,
+    pub cpu_rounding: CpuRounding,
+    pub memory_overhead_fraction: f64,
+    pub min_memory_overhead: ByteSize,
+    /// Reserved for Python processes when the app is PySpark.
+    pub python_memory: ByteSize,
+    /// F in `local[N,F]`: how many times a task may fail.
+    pub local_max_failures: u32,
+}
+
+impl Default for SizingConfig {
+    fn default() -> Self {
+        SizingConfig {
+            cpus: None,
+            memory: None,
+            cpu_rounding: CpuRounding::Ceil,
+            memory_overhead_fraction: 0.10,
+            min_memory_overhead: ByteSize::mib(384),
+            python_memory: ByteSize::mib(384),
+            local_max_failures: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    #[default]
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    pub restart: RestartPolicy,
+    pub backoff_initial: HumanDuration,
+    pub backoff_max: HumanDuration,
+    pub backoff_reset_after: HumanDuration,
+    pub max_restarts: u32,
+    pub restart_window: HumanDuration,
+    pub stop_grace: HumanDuration,
+    pub stop_signal: String,
+    /// Where generated files (the properties file) are written.
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            restart: RestartPolicy::OnFailure,
+            backoff_initial: HumanDuration::secs(2),
+            backoff_max: HumanDuration::secs(60),
+            backoff_reset_after: HumanDuration::secs(120),
+            max_restarts: 10,
+            restart_window: HumanDuration::secs(30 * 60),
+            stop_grace: HumanDuration::secs(30),
+            stop_signal: "SIGTERM".into(),
+            runtime_dir: PathBuf::from("/tmp/sparkvisor"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Local checkpoint root; exported as SPARKVISOR_CHECKPOINT_DIR and
+    /// spark.sql.streaming.checkpointLocation.
+    pub dir: Option<PathBuf>,
+    /// A batch planned but not committed for this long is a stall ("0s" = off).
+    pub stall_timeout: HumanDuration,
+    /// Repair torn trailing log files before each start.
+    pub repair: bool,
+    /// How often progress is read from the checkpoint.
+    pub poll_interval: HumanDuration,
+    pub s3: S3Config,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: None,
+            stall_timeout: HumanDuration::secs(600),
+            repair: true,
+            poll_interval: HumanDuration::secs(5),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `s3://bucket/prefix`; replication is off when unset.
+    pub uri: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub sync_interval: HumanDuration,
+    pub restore_on_start: bool,
+    /// Manifests kept; objects only older manifests reference are deleted.
+    pub retain_batches: u32,
+    /// Time allowed for the last sync at a graceful stop.
+    pub final_sync_timeout: HumanDuration,
+    /// Parallel transfers.
+    pub concurrency: usize,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            uri: None,
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            sync_interval: HumanDuration::secs(30),
+            restore_on_start: true,
+            retain_batches: 10,
+            final_sync_timeout: HumanDuration::secs(20),
+            concurrency: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    pub listen: String,
+    pub spark_ui: String,
+    /// How often the Spark REST API is polled for readiness.
+    pub poll_interval: HumanDuration,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            listen: "0.0.0.0:8080".into(),
+            spark_ui: "http://127.0.0.1:4040".into(),
+            poll_interval: HumanDuration::secs(2),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CdsMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JvmConfig {
+    pub cds: CdsMode,
+    /// Default: `jvm-archive` beside the checkpoint dir, else under runtime_dir.
+    pub archive_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `sparkvisor=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}

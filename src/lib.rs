@@ -1,0 +1,14 @@
+//! sparkvisor: PID 1 for a Spark application in a Kubernetes pod.
+//!
+//! See ARCHITECTURE.md for the map of modules and the data flow.
+
+pub mod cgroup;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod redact;
+pub mod sizing;
+pub mod submit;
+
+pub use error::{Error, Result};

@@ -6,9 +6,13 @@ pub mod cgroup;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod redact;
 pub mod sizing;
+pub mod state;
 pub mod submit;
+pub mod supervisor;
 
 pub use error::{Error, Result};

@@ -3,6 +3,8 @@
 //! Invariant: initialised once, before anything logs; the filter comes from
 //! `log.level` unless `SPARKVISOR_LOG` is set (same syntax as RUST_LOG).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -16,6 +18,7 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {

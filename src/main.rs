@@ -27,6 +27,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Supervise the configured Spark app (the container entrypoint).
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Print the version.
     Version,
 }
@@ -80,13 +85,14 @@ fn main() -> ExitCode {
                 0
             })
         }
+        Command::Run { config } => commands::run(&config.overrides()),
         Command::Version => {
             println!("{}", commands::version());
             Ok(0)
         }
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("sparkvisor: {e}");
             ExitCode::from(e.exit_code() as u8)

@@ -2,7 +2,9 @@
 //! these. Each returns the process exit code or an [`Error`](crate::Error).
 
 mod plan;
+mod run;
 mod version;
 
 pub use plan::{OutputFormat, plan};
+pub use run::run;
 pub use version::version;

@@ -210,6 +210,9 @@ pub struct SupervisorConfig {
     pub stop_signal: String,
     /// Where generated files (the properties file) are written.
     pub runtime_dir: PathBuf,
+    /// Before a failure exit, keep serving /health (503), /metrics and
+    /// /status this long so the final state can be observed.
+    pub exit_linger: HumanDuration,
 }
 
 impl Default for SupervisorConfig {
@@ -224,6 +227,7 @@ impl Default for SupervisorConfig {
             stop_grace: HumanDuration::secs(30),
             stop_signal: "SIGTERM".into(),
             runtime_dir: PathBuf::from("/tmp/sparkvisor"),
+            exit_linger: HumanDuration::secs(5),
         }
     }
 }

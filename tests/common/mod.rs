@@ -109,3 +109,213 @@ pub fn script_spark_home(dir: &Path, script: &str) -> PathBuf {
     std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
     home
 }
+
+/// Holds the machine-wide Spark lock: one Spark app at a time on these
+/// 2-core machines (across test binaries and anything else that takes it).
+pub struct SparkLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub fn spark_lock() -> SparkLock {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/sparkvisor-spark.lock")
+        .expect("open /tmp/sparkvisor-spark.lock");
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock /tmp/sparkvisor-spark.lock");
+    SparkLock(lock)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 request; (status, body), or None when nothing answers.
+pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    http("GET", port, path)
+}
+
+/// `/status` as JSON.
+pub fn status(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = get(port, "/status")?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// (pid, ppid, state) of every process in /proc.
+pub fn processes() -> Vec<(i32, i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// Live descendants of `root` (zombies included), from /proc.
+pub fn descendants(root: i32) -> Vec<(i32, char)> {
+    let procs = processes();
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for (pid, ppid, state) in &procs {
+            if *ppid == p {
+                out.push((*pid, *state));
+                stack.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// The command name of a process.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub fn send(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// A running sparkvisor (optionally as PID 1 of a new PID namespace); kills
+/// everything it started when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    /// Host pid of the sparkvisor process itself (found lazily inside a
+    /// PID namespace: see `pid()`).
+    pid: Option<i32>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// Starts `sparkvisor run --config CONFIG` with stderr/stdout to a log file.
+    pub fn start(config: &Path, port: u16, pid_namespace: bool, env: &[(&str, &str)]) -> Running {
+        let log = config.with_extension("log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = if pid_namespace {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc"]).arg(bin());
+            c
+        } else {
+            Command::new(bin())
+        };
+        cmd.arg("run").arg("--config").arg(config);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SPARKVISOR_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let child = cmd.spawn().expect("start sparkvisor");
+        let pid = (!pid_namespace).then_some(child.id() as i32);
+        Running {
+            child,
+            pid,
+            port,
+            log,
+        }
+    }
+
+    /// Host pid of sparkvisor (inside a PID namespace: the child of `unshare`).
+    pub fn pid(&mut self) -> i32 {
+        if let Some(p) = self.pid {
+            return p;
+        }
+        let outer = self.child.id() as i32;
+        let p = wait_for(
+            "sparkvisor inside the PID namespace",
+            Duration::from_secs(10),
+            || {
+                descendants(outer)
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .find(|p| comm(*p) == "sparkvisor")
+            },
+        );
+        self.pid = Some(p);
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for sparkvisor to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let log = self.log.clone();
+        let status = wait_for("sparkvisor to exit", timeout, || {
+            self.child.try_wait().ok().flatten()
+        });
+        status.code().unwrap_or_else(|| {
+            panic!(
+                "sparkvisor died by a signal: {status:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        status(self.port)
+    }
+
+    /// Waits until /status satisfies `pred`, and returns it.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, timeout, || self.status().filter(|s| pred(s)))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (p, _) in descendants(self.child.id() as i32) {
+            send(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

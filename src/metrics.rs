@@ -1,0 +1,161 @@
+//! The Prometheus metrics of DESIGN.md (prefix `sparkvisor_`), in a registry
+//! of their own.
+//!
+//! Invariants: names and types follow the contract (counters end in
+//! `_total`); the only labels are `class` (six values) and `query` (one per
+//! streaming query), so cardinality stays small; every metric has HELP text.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::supervisor::exit::ExitClass;
+
+pub struct Metrics {
+    registry: Registry,
+    pub child_up: IntGauge,
+    pub child_starts_total: IntCounter,
+    pub child_exits_total: IntCounterVec,
+    pub restart_backoff_seconds: Gauge,
+    pub ready: IntGauge,
+    pub cgroup_cpu_limit_cores: Gauge,
+    pub cgroup_memory_limit_bytes: Gauge,
+    pub spark_local_threads: IntGauge,
+    pub spark_driver_memory_bytes: IntGauge,
+    pub checkpoint_last_committed_batch: IntGaugeVec,
+    pub checkpoint_last_commit_age_seconds: GaugeVec,
+    pub checkpoint_inflight_batch_age_seconds: GaugeVec,
+    pub checkpoint_repairs_total: IntCounter,
+    pub s3_sync_files_total: IntCounter,
+    pub s3_sync_bytes_total: IntCounter,
+    pub s3_sync_errors_total: IntCounter,
+    pub s3_last_sync_timestamp_seconds: Gauge,
+    pub s3_restore_seconds: Gauge,
+    pub jvm_cds_archive_used: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("sparkvisor")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique and valid");
+            c
+        }
+        let m = Metrics {
+            child_up: reg(&r, IntGauge::with_opts(opts("child_up", "1 while the Spark app's process runs")).unwrap()),
+            child_starts_total: reg(&r, IntCounter::with_opts(opts("child_starts_total", "Starts of spark-submit, the first one included")).unwrap()),
+            child_exits_total: reg(
+                &r,
+                IntCounterVec::new(
+                    opts("child_exits_total", "Ends of the Spark app by class: stopped, completed, failed, signaled, oom_killed, stalled"),
+                    &["class"],
+                )
+                .unwrap(),
+            ),
+            restart_backoff_seconds: reg(&r, Gauge::with_opts(opts("restart_backoff_seconds", "Delay before the pending restart (0 when none is pending)")).unwrap()),
+            ready: reg(&r, IntGauge::with_opts(opts("ready", "1 when /ready answers 200")).unwrap()),
+            cgroup_cpu_limit_cores: reg(&r, Gauge::with_opts(opts("cgroup_cpu_limit_cores", "CPU limit used for sizing (host CPUs when there is no limit)")).unwrap()),
+            cgroup_memory_limit_bytes: reg(&r, Gauge::with_opts(opts("cgroup_memory_limit_bytes", "Memory limit used for sizing (host memory when there is no limit)")).unwrap()),
+            spark_local_threads: reg(&r, IntGauge::with_opts(opts("spark_local_threads", "N in local[N,F] (the driver's processor count in client mode)")).unwrap()),
+            spark_driver_memory_bytes: reg(&r, IntGauge::with_opts(opts("spark_driver_memory_bytes", "Driver heap (--driver-memory)")).unwrap()),
+            checkpoint_last_committed_batch: reg(
+                &r,
+                IntGaugeVec::new(opts("checkpoint_last_committed_batch", "Latest committed batch id per streaming query"), &["query"]).unwrap(),
+            ),
+            checkpoint_last_commit_age_seconds: reg(
+                &r,
+                GaugeVec::new(opts("checkpoint_last_commit_age_seconds", "Seconds since the latest commit per streaming query"), &["query"]).unwrap(),
+            ),
+            checkpoint_inflight_batch_age_seconds: reg(
+                &r,
+                GaugeVec::new(
+                    opts("checkpoint_inflight_batch_age_seconds", "Age of the planned but not yet committed batch per query (0 when none)"),
+                    &["query"],
+                )
+                .unwrap(),
+            ),
+            checkpoint_repairs_total: reg(&r, IntCounter::with_opts(opts("checkpoint_repairs_total", "Torn checkpoint files quarantined or temp files removed before a start")).unwrap()),
+            s3_sync_files_total: reg(&r, IntCounter::with_opts(opts("s3_sync_files_total", "Checkpoint files uploaded to S3")).unwrap()),
+            s3_sync_bytes_total: reg(&r, IntCounter::with_opts(opts("s3_sync_bytes_total", "Checkpoint bytes uploaded to S3")).unwrap()),
+            s3_sync_errors_total: reg(&r, IntCounter::with_opts(opts("s3_sync_errors_total", "Failed S3 sync cycles")).unwrap()),
+            s3_last_sync_timestamp_seconds: reg(&r, Gauge::with_opts(opts("s3_last_sync_timestamp_seconds", "Unix time of the last successful S3 sync (0 before the first)")).unwrap()),
+            s3_restore_seconds: reg(&r, Gauge::with_opts(opts("s3_restore_seconds", "Duration of the restore from S3 at start (0 when none ran)")).unwrap()),
+            jvm_cds_archive_used: reg(&r, IntGauge::with_opts(opts("jvm_cds_archive_used", "1 when the current attempt's JVM uses a class-data-sharing archive")).unwrap()),
+            registry: r,
+        };
+        // Every class is exported from the start, so rates work without gaps.
+        for c in ExitClass::ALL {
+            m.child_exits_total.with_label_values(&[c.as_str()]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_name_is_exported() {
+        let m = Metrics::new();
+        m.checkpoint_last_committed_batch
+            .with_label_values(&["q"])
+            .set(3);
+        m.checkpoint_last_commit_age_seconds
+            .with_label_values(&["q"])
+            .set(1.0);
+        m.checkpoint_inflight_batch_age_seconds
+            .with_label_values(&["q"])
+            .set(0.0);
+        let text = m.render();
+        for name in [
+            "child_up",
+            "child_starts_total",
+            "child_exits_total",
+            "restart_backoff_seconds",
+            "ready",
+            "cgroup_cpu_limit_cores",
+            "cgroup_memory_limit_bytes",
+            "spark_local_threads",
+            "spark_driver_memory_bytes",
+            "checkpoint_last_committed_batch",
+            "checkpoint_last_commit_age_seconds",
+            "checkpoint_inflight_batch_age_seconds",
+            "checkpoint_repairs_total",
+            "s3_sync_files_total",
+            "s3_sync_bytes_total",
+            "s3_sync_errors_total",
+            "s3_last_sync_timestamp_seconds",
+            "s3_restore_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP sparkvisor_{name} ")),
+                "{name}"
+            );
+        }
+        assert!(text.contains("sparkvisor_child_exits_total{class=\"oom_killed\"} 0"));
+        assert!(text.contains("# TYPE sparkvisor_child_starts_total counter"));
+    }
+}

@@ -1,0 +1,450 @@
+//! Supervision: PID 1 duties and the restart loop.
+//!
+//! Owns the lifecycle of the app: plan → start → wait (forwarding signals)
+//! → classify the exit → clean up every process of the attempt → restart
+//! with backoff within the crash-loop budget, or exit. Submodules: `reaper`
+//! (the only `waitpid`), `signals`, `child` (process group, tree kill),
+//! `backoff` (pure pacing and budget), `exit` (pure classification).
+//!
+//! Invariants: one attempt at a time, and a new one starts only after every
+//! process of the previous one is gone; after TERM/INT no restart happens;
+//! the grace period is a deadline, not a sleep (sparkvisor exits as soon as
+//! everything is gone); the state in [`Shared`] is updated at every step.
+
+pub mod backoff;
+pub mod child;
+pub mod exit;
+pub mod reaper;
+pub mod signals;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::config::{Loaded, Resolved, RestartPolicy};
+use crate::state::{LastExit, Phase, Shared, unix_now};
+use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
+use backoff::{Backoff, Budget};
+use exit::{ExitClass, Termination};
+use reaper::Reaper;
+use signals::{Request, Signals};
+
+/// How long leftovers of an attempt may take to die after SIGKILL.
+const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Everything the supervisor needs, resolved before it starts.
+pub struct RunContext {
+    pub loaded: Loaded,
+    pub resolved: Resolved,
+    pub system: SystemView,
+    pub shared: Arc<Shared>,
+}
+
+/// How an attempt ended, as seen by the loop.
+struct Ended {
+    term: Termination,
+    stop_requested: bool,
+    runtime: Duration,
+}
+
+pub struct Supervisor {
+    ctx: RunContext,
+    reaper: Reaper,
+    signals: Signals,
+    backoff: Backoff,
+    budget: Budget,
+    stop_signal: Signal,
+    /// OOM-kill counters before and after the last attempt.
+    last_oom: (Option<u64>, Option<u64>),
+}
+
+impl Supervisor {
+    /// Installs signal handlers and the reaper. Must run inside the tokio
+    /// runtime, before anything is spawned.
+    pub fn new(ctx: RunContext) -> std::io::Result<Self> {
+        if std::process::id() != 1 {
+            // Orphans of the app are reparented to sparkvisor, which reaps them.
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                warn!(error = %e, "cannot become a child subreaper; orphans go to the system's init");
+            }
+        }
+        let signals = Signals::install()?;
+        let reaper = Reaper::start()?;
+        let sup = &ctx.loaded.config.supervisor;
+        let backoff = Backoff::new(
+            sup.backoff_initial.get(),
+            sup.backoff_max.get(),
+            sup.backoff_reset_after.get(),
+        );
+        let budget = Budget::new(sup.max_restarts, sup.restart_window.get());
+        let stop_signal = ctx.resolved.stop_signal;
+        Ok(Supervisor {
+            ctx,
+            reaper,
+            signals,
+            backoff,
+            budget,
+            stop_signal,
+            last_oom: (None, None),
+        })
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+
+    /// Supervises until the app is stopped, ends for good, or the budget is
+    /// exhausted. Returns sparkvisor's exit code.
+    pub async fn run(mut self) -> i32 {
+        let shared = self.ctx.shared.clone();
+        let max_restarts = self.ctx.loaded.config.supervisor.max_restarts;
+        shared.update(|s| {
+            s.max_restarts = max_restarts;
+            s.spark_ui.url = self.ctx.loaded.config.probes.spark_ui.clone();
+        });
+        shared.beat();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let plan = match self.plan(attempt) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let ended = match self.start_and_wait(&plan).await {
+                Some(e) => e,
+                None => Ended {
+                    term: Termination::Exited(127),
+                    stop_requested: false,
+                    runtime: Duration::ZERO,
+                },
+            };
+            if !self.clean_up_attempt(attempt).await {
+                return 1;
+            }
+            let class = self.record_exit(attempt, &ended);
+
+            if ended.stop_requested {
+                shared.update(|s| s.state = Phase::Exited);
+                let code = exit::stop_exit_code(ended.term, self.stop_signal);
+                info!(code, "stopped on request");
+                return code;
+            }
+            let policy = self.ctx.loaded.config.supervisor.restart;
+            let restart = match policy {
+                RestartPolicy::Never => false,
+                RestartPolicy::OnFailure => class.is_failure(),
+                RestartPolicy::Always => true,
+            };
+            if !restart {
+                shared.update(|s| s.state = Phase::Exited);
+                let code = if class == ExitClass::Completed {
+                    0
+                } else {
+                    ended.term.code()
+                };
+                info!(code, policy = ?policy, class = class.as_str(), "not restarting; exiting with the app's code");
+                if code != 0 {
+                    self.linger().await;
+                }
+                return code;
+            }
+            let now = Instant::now();
+            if !self.budget.allows(now) {
+                let window = self.ctx.loaded.config.supervisor.restart_window;
+                error!(
+                    max_restarts,
+                    window = %window,
+                    "restart budget exhausted: more than {max_restarts} restarts within {window}; exiting so Kubernetes sees the crash loop"
+                );
+                shared.update(|s| s.state = Phase::Exhausted);
+                self.linger().await;
+                let code = ended.term.code();
+                return if code == 0 { 1 } else { code };
+            }
+            let delay = self.backoff.next_delay(ended.runtime, fastrand::f64());
+            self.budget.record(now);
+            let used = self.budget.used(now);
+            shared
+                .metrics
+                .restart_backoff_seconds
+                .set(delay.as_secs_f64());
+            shared.update(|s| {
+                s.state = Phase::Backoff;
+                s.next_restart_in_seconds = Some(delay.as_secs_f64());
+                s.restarts_in_window = used;
+            });
+            info!(
+                delay_ms = delay.as_millis() as u64,
+                restarts_in_window = used,
+                max_restarts,
+                "restarting after backoff"
+            );
+            if !self.wait_backoff(delay).await {
+                shared.update(|s| s.state = Phase::Exited);
+                info!("stop requested during backoff; exiting");
+                return 0;
+            }
+            shared.metrics.restart_backoff_seconds.set(0.0);
+        }
+    }
+
+    /// Builds and writes the launch plan for `attempt`; Err is an exit code.
+    fn plan(&self, attempt: u32) -> Result<LaunchPlan, i32> {
+        let opts = LaunchOptions {
+            attempt,
+            ..Default::default()
+        };
+        let plan = submit::build(
+            &self.ctx.loaded,
+            &self.ctx.resolved,
+            &self.ctx.system,
+            &opts,
+        )
+        .map_err(|e| {
+            error!(error = %e, "cannot build the launch plan");
+            e.exit_code()
+        })?;
+        if let Err(e) = plan.write_properties() {
+            error!(path = %plan.properties_path.display(), error = %e, "cannot write the properties file");
+            return Err(1);
+        }
+        let shared = &self.ctx.shared;
+        if attempt == 1 {
+            let s = &plan.sizing;
+            let m = &shared.metrics;
+            m.cgroup_cpu_limit_cores.set(
+                s.cpu_limit_cores
+                    .unwrap_or(self.ctx.system.host.cpus as f64),
+            );
+            m.cgroup_memory_limit_bytes.set(
+                s.memory_limit_bytes
+                    .unwrap_or(self.ctx.system.host.memory_bytes) as f64,
+            );
+            m.spark_local_threads.set(i64::from(s.local_threads));
+            m.spark_driver_memory_bytes
+                .set(s.driver_memory_bytes as i64);
+            let sizing = plan.sizing_json();
+            shared.update(|st| st.sizing = sizing);
+        }
+        Ok(plan)
+    }
+
+    /// Starts the attempt and waits for its main process to end, handling
+    /// signals meanwhile. None when it could not be started.
+    async fn start_and_wait(&mut self, plan: &LaunchPlan) -> Option<Ended> {
+        let shared = self.ctx.shared.clone();
+        let oom_before = self.ctx.system.limits.oom_kills();
+        let mut cmd = child::command(plan);
+        let (pid, exit_rx) = match self.reaper.spawn(&mut cmd) {
+            Ok(x) => x,
+            Err(e) => {
+                error!(program = %plan.spark_submit.display(), error = %e, "cannot start spark-submit");
+                shared.metrics.child_starts_total.inc();
+                return None;
+            }
+        };
+        let started = Instant::now();
+        shared.metrics.child_starts_total.inc();
+        shared.metrics.child_up.set(1);
+        shared.update(|s| {
+            s.state = Phase::Running;
+            s.pid = Some(pid.as_raw());
+            s.attempt = plan.attempt;
+            s.started_at_unix = Some(unix_now());
+            s.next_restart_in_seconds = None;
+        });
+        info!(pid = pid.as_raw(), attempt = plan.attempt, argv = ?plan.display_argv(), "started spark-submit");
+
+        let (term, stop_requested) = self.wait_child(pid, exit_rx).await;
+        shared.metrics.child_up.set(0);
+        let runtime = started.elapsed();
+        let oom_after = self.ctx.system.limits.oom_kills();
+        self.last_oom = (oom_before, oom_after);
+        Some(Ended {
+            term,
+            stop_requested,
+            runtime,
+        })
+    }
+
+    /// Waits for `pid` to end. Forwards signals; TERM/INT start the graceful
+    /// stop (stop signal now, SIGKILL at the grace deadline, or at once on a
+    /// second TERM/INT).
+    async fn wait_child(
+        &mut self,
+        pid: Pid,
+        mut exit_rx: oneshot::Receiver<Termination>,
+    ) -> (Termination, bool) {
+        let shared = self.ctx.shared.clone();
+        let grace = self.ctx.loaded.config.supervisor.stop_grace.get();
+        let mut stop_requested = false;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                t = &mut exit_rx => {
+                    // The sender lives in the reaper's table until the pid is
+                    // reaped; a closed channel cannot happen, but if it did the
+                    // process is gone without a status.
+                    let term = t.unwrap_or(Termination::Signaled(Signal::SIGKILL as i32));
+                    return (term, stop_requested);
+                }
+                req = self.signals.recv() => match req {
+                    Request::Forward(sig) => {
+                        info!(signal = %sig, pid = pid.as_raw(), "forwarding signal to the app");
+                        if let Err(e) = child::signal(pid, sig) {
+                            warn!(signal = %sig, error = %e, "cannot forward signal");
+                        }
+                    }
+                    Request::Stop(sig) if stop_requested => {
+                        warn!(signal = %sig, "second stop signal: killing the app now");
+                        child::kill_tree(Some(pid));
+                        deadline = None;
+                    }
+                    Request::Stop(sig) => {
+                        stop_requested = true;
+                        shared.update(|s| s.state = Phase::Stopping);
+                        info!(
+                            received = %sig,
+                            sent = %self.stop_signal,
+                            grace_ms = grace.as_millis() as u64,
+                            "graceful stop: signalling the app"
+                        );
+                        if let Err(e) = child::signal(pid, self.stop_signal) {
+                            warn!(error = %e, "cannot signal the app");
+                        }
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                },
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");
+                    child::kill_tree(Some(pid));
+                    deadline = None;
+                }
+                _ = tick.tick() => shared.beat(),
+            }
+        }
+    }
+
+    /// Kills whatever is left of the attempt and waits until it is gone.
+    /// False when processes refuse to die (sparkvisor must not start a
+    /// second driver beside them).
+    async fn clean_up_attempt(&mut self, attempt: u32) -> bool {
+        let group = self.ctx.shared.snapshot().pid.map(Pid::from_raw);
+        for round in 0..2 {
+            child::kill_tree(group);
+            if self.reaper.wait_no_children(LEFTOVER_TIMEOUT).await {
+                self.ctx.shared.update(|s| s.pid = None);
+                return true;
+            }
+            warn!(
+                attempt,
+                round, "processes of the previous attempt are still alive; killing again"
+            );
+        }
+        error!(
+            attempt,
+            remaining = ?child::descendants(std::process::id() as i32),
+            "processes of the previous attempt would not die; exiting rather than start a second driver beside them"
+        );
+        self.ctx.shared.update(|s| s.state = Phase::Exhausted);
+        false
+    }
+
+    fn record_exit(&mut self, attempt: u32, ended: &Ended) -> ExitClass {
+        let (before, after) = self.last_oom;
+        let class = exit::classify(
+            ended.term,
+            exit::Context {
+                stop_requested: ended.stop_requested,
+                killed_for_stall: false,
+                oom_kills_before: before,
+                oom_kills_after: after,
+            },
+        );
+        let shared = &self.ctx.shared;
+        shared
+            .metrics
+            .child_exits_total
+            .with_label_values(&[class.as_str()])
+            .inc();
+        let last = LastExit::new(class, ended.term, ended.runtime, attempt);
+        shared.update(|s| s.last_exit = Some(last));
+        let (code, signal) = match ended.term {
+            Termination::Exited(c) => (Some(c), None),
+            Termination::Signaled(s) => (None, Signal::try_from(s).ok().map(|s| s.as_str())),
+        };
+        let runtime_s = (ended.runtime.as_secs_f64() * 10.0).round() / 10.0;
+        match class {
+            ExitClass::Stopped | ExitClass::Completed => {
+                info!(
+                    attempt,
+                    class = class.as_str(),
+                    code,
+                    signal,
+                    runtime_s,
+                    "the app ended"
+                )
+            }
+            ExitClass::Failed if code == Some(3) => warn!(
+                attempt,
+                class = class.as_str(),
+                code,
+                runtime_s,
+                "the app failed with exit code 3, which is what -XX:+ExitOnOutOfMemoryError produces: the driver heap may be too small"
+            ),
+            _ => warn!(
+                attempt,
+                class = class.as_str(),
+                code,
+                signal,
+                runtime_s,
+                "the app ended"
+            ),
+        }
+        class
+    }
+
+    /// Sleeps for the backoff delay; false when a stop was requested.
+    async fn wait_backoff(&mut self, delay: Duration) -> bool {
+        let shared = self.ctx.shared.clone();
+        let until = tokio::time::Instant::now() + delay;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                req = self.signals.recv() => match req {
+                    Request::Stop(_) => return false,
+                    Request::Forward(sig) => info!(signal = %sig, "no app running to forward the signal to"),
+                },
+                _ = tick.tick() => {
+                    shared.beat();
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    shared.update(|s| s.next_restart_in_seconds = Some(left.as_secs_f64()));
+                }
+            }
+        }
+    }
+
+    /// Keeps /health (503), /metrics and /status up for
+    /// `supervisor.exit_linger` before a failure exit, so the final state can
+    /// be observed; a stop signal ends it early.
+    async fn linger(&mut self) {
+        let linger = self.ctx.loaded.config.supervisor.exit_linger.get();
+        if linger.is_zero() {
+            return;
+        }
+        info!(
+            linger_ms = linger.as_millis() as u64,
+            "serving the final state before exiting"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = self.signals.recv() => {}
+        }
+    }
+}

@@ -37,6 +37,12 @@ lint:
 build:
 	cargo build --release
 
+demo: java venv build
+	@echo "sparkvisor demo: examples/rate_stream.py under sparkvisor (config/demo.toml)"
+	@echo "  probes: curl localhost:8080/ready /health /status /metrics   stop: Ctrl-C"
+	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
+	  exec ./target/release/sparkvisor run --config config/demo.toml
+
 test: java venv lint
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets -- --test-threads=2

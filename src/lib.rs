@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod preflight;
 pub mod redact;
 pub mod sizing;
 pub mod state;

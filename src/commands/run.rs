@@ -10,13 +10,14 @@ use crate::config::{self, Overrides};
 use crate::state::Shared;
 use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
-use crate::{Error, Result, http, logging};
+use crate::{Error, Result, http, logging, preflight};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
     let loaded = config::load(overrides)?;
     logging::init(loaded.config.log.format, &loaded.config.log.level);
     let resolved = config::resolve(&loaded)?;
+    preflight::check(&loaded, &resolved)?;
     let system = SystemView::detect()?;
     // Fail on sizing or plan errors now, not in the restart loop.
     submit::build(

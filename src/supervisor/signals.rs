@@ -29,40 +29,37 @@ pub enum Request {
 pub struct Signals {
     term: Stream,
     int: Stream,
-    forwarded: Vec<(Signal, Stream)>,
+    /// One stream per entry of [`FORWARDED`], same order.
+    forwarded: [Stream; 5],
 }
 
 impl Signals {
     pub fn install() -> io::Result<Self> {
-        let mut forwarded = Vec::new();
-        for s in FORWARDED {
-            forwarded.push((s, signal(SignalKind::from_raw(s as i32))?));
-        }
+        let stream = |s: Signal| signal(SignalKind::from_raw(s as i32));
+        let [hup, quit, usr1, usr2, winch] = FORWARDED;
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
-            forwarded,
+            forwarded: [
+                stream(hup)?,
+                stream(quit)?,
+                stream(usr1)?,
+                stream(usr2)?,
+                stream(winch)?,
+            ],
         })
     }
 
     pub async fn recv(&mut self) -> Request {
-        let Signals {
-            term,
-            int,
-            forwarded,
-        } = self;
-        let (a, b, c, d, e) = match forwarded.as_mut_slice() {
-            [a, b, c, d, e] => (a, b, c, d, e),
-            _ => unreachable!("five forwarded signals are installed"),
-        };
+        let [hup, quit, usr1, usr2, winch] = &mut self.forwarded;
         tokio::select! {
-            _ = term.recv() => Request::Stop(Signal::SIGTERM),
-            _ = int.recv() => Request::Stop(Signal::SIGINT),
-            _ = a.1.recv() => Request::Forward(a.0),
-            _ = b.1.recv() => Request::Forward(b.0),
-            _ = c.1.recv() => Request::Forward(c.0),
-            _ = d.1.recv() => Request::Forward(d.0),
-            _ = e.1.recv() => Request::Forward(e.0),
+            _ = self.term.recv() => Request::Stop(Signal::SIGTERM),
+            _ = self.int.recv() => Request::Stop(Signal::SIGINT),
+            _ = hup.recv() => Request::Forward(FORWARDED[0]),
+            _ = quit.recv() => Request::Forward(FORWARDED[1]),
+            _ = usr1.recv() => Request::Forward(FORWARDED[2]),
+            _ = usr2.recv() => Request::Forward(FORWARDED[3]),
+            _ = winch.recv() => Request::Forward(FORWARDED[4]),
         }
     }
 }

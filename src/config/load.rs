@@ -240,7 +240,7 @@ fn env_layer(env: &[(String, String)]) -> Result<Dict, ConfigError> {
         let Some(rest) = name.strip_prefix("SPARKVISOR_") else {
             continue;
         };
-        if RESERVED_ENV.contains(&rest) || rest.is_empty() {
+        if RESERVED_ENV.contains(&rest) || rest.is_empty() || is_service_link(rest) {
             continue;
         }
         let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -256,6 +256,21 @@ fn env_layer(env: &[(String, String)]) -> Result<Dict, ConfigError> {
         insert(&mut dict, &keys, parsed);
     }
     Ok(dict)
+}
+
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP`
+/// and friends for every Service in the namespace; a Service named
+/// `sparkvisor…` must not turn those into configuration keys. Real keys
+/// always contain `__` (section and key), these never do.
+fn is_service_link(rest: &str) -> bool {
+    !rest.contains("__")
+        && (rest.starts_with("SERVICE_")
+            || rest == "PORT"
+            || rest.starts_with("PORT_")
+            || rest.ends_with("_PORT")
+            || rest.contains("_SERVICE_HOST")
+            || rest.contains("_SERVICE_PORT")
+            || rest.contains("_PORT_"))
 }
 
 fn flag_layer(overrides: &Overrides) -> Result<Dict, ConfigError> {
@@ -520,6 +535,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("SPARKVISOR_BOGUS"), "{msg}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_keys() {
+        let e = env(&[
+            ("SPARKVISOR_SERVICE_HOST", "10.0.0.1"),
+            ("SPARKVISOR_SERVICE_PORT", "8080"),
+            ("SPARKVISOR_SERVICE_PORT_HTTP", "8080"),
+            ("SPARKVISOR_PORT", "tcp://10.0.0.1:8080"),
+            ("SPARKVISOR_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+            ("SPARKVISOR_PORT_8080_TCP_PROTO", "tcp"),
+            ("SPARKVISOR_UI_SERVICE_HOST", "10.0.0.2"),
+            ("SPARKVISOR_DRIVER_PORT_7078_TCP_ADDR", "10.0.0.3"),
+        ]);
+        assert!(Loaded::from_parts(&Overrides::default(), &e).is_ok());
+        // A typo with one underscore is still an error.
+        let e = env(&[("SPARKVISOR_SUPERVISOR_MAX_RESTARTS", "3")]);
+        assert!(Loaded::from_parts(&Overrides::default(), &e).is_err());
     }
 
     #[test]

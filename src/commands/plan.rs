@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::Result;
 use crate::config::units::format_size;
 use crate::config::{self, Overrides};
+use crate::jvm::{self, ArchiveView};
 use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
     let loaded = config::load(overrides)?;
     let resolved = config::resolve(&loaded)?;
     let system = SystemView::detect()?;
-    let plan = submit::build(
+    let base = submit::build(
         &loaded,
         &resolved,
         &system,
@@ -28,17 +29,82 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
             ..Default::default()
         },
     )?;
+    // Class-data sharing: decided from the JVM spark-submit will run and
+    // the plan without CDS options; the first attempt's options go in.
+    let cds = jvm::Setup::detect(&loaded, &resolved, &base);
+    let (cds_flags, archive) = cds.first_attempt();
+    let plan = submit::build(
+        &loaded,
+        &resolved,
+        &system,
+        &LaunchOptions {
+            attempt: 1,
+            extra_driver_java_options: cds_flags.clone(),
+            ..Default::default()
+        },
+    )?;
     Ok(match format {
         OutputFormat::Json => {
             let mut doc = plan.to_json();
+            let mut j = cds.to_json();
+            j["first_attempt_options"] = serde_json::json!(cds_flags);
+            j["archive_state"] = serde_json::json!(archive_text(&archive));
+            doc["jvm"] = j;
             doc["config_file"] = serde_json::json!(loaded.file);
             let mut s = serde_json::to_string_pretty(&doc)
                 .map_err(|e| crate::Error::Internal(e.to_string()))?;
             s.push('\n');
             s
         }
-        OutputFormat::Text => render_text(&plan, loaded.file.as_deref()),
+        OutputFormat::Text => {
+            let mut out = render_text(&plan, loaded.file.as_deref());
+            render_cds(&mut out, &cds, &cds_flags, &archive);
+            out
+        }
     })
+}
+
+fn archive_text(a: &ArchiveView) -> String {
+    match a {
+        ArchiveView::NotUsed => "not used".into(),
+        ArchiveView::Missing => "none yet".into(),
+        ArchiveView::Ready { bytes } => format!("present, {}", format_size(*bytes)),
+        ArchiveView::Invalid(why) => format!("invalid ({why}); it will be discarded"),
+    }
+}
+
+/// The class-data sharing section: the decision, why, and what the first
+/// attempt gets.
+fn render_cds(w: &mut String, cds: &jvm::Setup, flags: &[String], archive: &ArchiveView) {
+    let _ = writeln!(w);
+    let mode = match cds.mode {
+        config::CdsMode::Auto => "auto",
+        config::CdsMode::Off => "off",
+    };
+    let _ = writeln!(w, "JVM class-data sharing (jvm.cds = {mode})");
+    if let (Some(j), Some(b)) = (&cds.java, &cds.java_binary) {
+        let _ = writeln!(
+            w,
+            "  java           {:<12} {} (via {})",
+            j.version,
+            b.path.display(),
+            b.found_via
+        );
+    }
+    let _ = writeln!(w, "  decision       {}", cds.decision.text());
+    if cds.decision.is_on() {
+        let _ = writeln!(
+            w,
+            "  archive        {} ({})",
+            cds.store.archive().display(),
+            archive_text(archive)
+        );
+        if let Some(k) = cds.key_summary() {
+            let _ = writeln!(w, "  key            {k}");
+        }
+        let _ = writeln!(w, "  JVM log        {}", cds.log_path.display());
+        let _ = writeln!(w, "  first attempt  {}", flags.join(" "));
+    }
 }
 
 fn render_text(p: &LaunchPlan, file: Option<&std::path::Path>) -> String {

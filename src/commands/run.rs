@@ -10,7 +10,7 @@ use crate::config::{self, Overrides};
 use crate::state::Shared;
 use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
-use crate::{Error, Result, http, logging, preflight};
+use crate::{Error, Result, http, jvm, logging, preflight};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -20,7 +20,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
     preflight::check(&loaded, &resolved)?;
     let system = SystemView::detect()?;
     // Fail on sizing or plan errors now, not in the restart loop.
-    submit::build(
+    let first = submit::build(
         &loaded,
         &resolved,
         &system,
@@ -29,6 +29,12 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             ..Default::default()
         },
     )?;
+    // Detects the driver's JVM (runs `java -version`) before the reaper owns
+    // every wait, and verifies the archive directory.
+    let cds = jvm::Cds::new(
+        jvm::Setup::detect(&loaded, &resolved, &first),
+        loaded.config.checkpoint.dir.clone(),
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,6 +72,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             resolved,
             system,
             shared,
+            cds,
         };
         let sup = Supervisor::new(ctx).map_err(|e| Error::io("installing signal handlers", e))?;
         Ok(sup.run().await)

@@ -250,7 +250,11 @@ pub fn build(
     put(
         "spark.driver.extraJavaOptions",
         java_opts.clone(),
-        "JVM flags from sizing (processors, exit on OutOfMemoryError)",
+        if opts.extra_driver_java_options.is_empty() {
+            "JVM flags from sizing (processors, exit on OutOfMemoryError)"
+        } else {
+            "JVM flags from sizing (processors, exit on OutOfMemoryError), then class-data sharing (jvm.cds)"
+        },
     );
 
     if let Some(dir) = &cfg.checkpoint.dir {

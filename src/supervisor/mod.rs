@@ -42,6 +42,8 @@ pub struct RunContext {
     pub resolved: Resolved,
     pub system: SystemView,
     pub shared: Arc<Shared>,
+    /// Class-data sharing: options before each start, bookkeeping after each exit.
+    pub cds: crate::jvm::Cds,
 }
 
 /// How an attempt ended, as seen by the loop.
@@ -125,6 +127,9 @@ impl Supervisor {
             if !self.clean_up_attempt(attempt).await {
                 return 1;
             }
+            self.ctx
+                .cds
+                .after_exit(attempt, ended.term, &self.ctx.shared);
             let class = self.record_exit(attempt, &ended);
 
             if ended.stop_requested {
@@ -196,6 +201,7 @@ impl Supervisor {
     fn plan(&self, attempt: u32) -> Result<LaunchPlan, i32> {
         let opts = LaunchOptions {
             attempt,
+            extra_driver_java_options: self.ctx.cds.before_start(attempt, &self.ctx.shared),
             ..Default::default()
         };
         let plan = submit::build(

@@ -1,0 +1,614 @@
+//! The supervisor's CDS hooks: `before_start` (the attempt's JVM options,
+//! and a watcher that reads the JVM's verdict and, when the plan says so,
+//! has the running driver write the archive) and `after_exit` (promote an
+//! archive written at exit, discard a suspicious one).
+//!
+//! When is the first archive made? With the Java 17+ strategy, by the
+//! first attempt, right after its first committed batch (a one-off pause
+//! of a few seconds while the JVM writes ~100–150 MB); every later start of
+//! the pod maps it. With dump-at-exit (Java 13–16, or attaching ruled out)
+//! only a normal JVM exit writes it: until then every restart after a
+//! SIGKILL or OOM kill is cold and keeps asking for the archive at exit.
+//!
+//! Invariants: an archive is offered only after `Store::check` passed; a
+//! JVM that rejects an offered archive, or an attempt that crashes with a
+//! fatal JVM signal while using one, gets it discarded (the next attempt
+//! starts cold and makes a new one); the gauge
+//! `sparkvisor_jvm_cds_archive_used` is 1 only while the current attempt's
+//! JVM runs with the archive, as its own log says; the watcher belongs to
+//! one attempt and is cancelled when that attempt ends.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::archive::Identity;
+use super::decide::{self, AttemptPlan, Decision, Dump, Strategy};
+use super::{Setup, attach, cdslog, options};
+use crate::state::Shared;
+use crate::supervisor::exit::Termination;
+
+/// How long after its CDS log appears the JVM has surely validated the
+/// archive (it does so within its first second).
+const SETTLE: Duration = Duration::from_secs(5);
+/// Longest wait for the running JVM to write its archive.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Without a checkpoint to watch, dump this long after Spark's API answers.
+const WARMUP_WITHOUT_CHECKPOINT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(200);
+
+/// What `/status` shows of the current attempt.
+#[derive(Clone, Debug, Default, Serialize)]
+struct AttemptStatus {
+    attempt: u32,
+    archive_offered: bool,
+    /// None until the JVM's log tells.
+    archive_used: Option<bool>,
+    detail: Option<String>,
+    /// none, waiting-for-first-commit, dumping, written, failed, at-exit.
+    dump: String,
+}
+
+struct State {
+    /// The strategy in force (an attach failure falls back to dump-at-exit);
+    /// None when CDS is off.
+    strategy: Option<(Strategy, bool)>,
+    off_reason: Option<String>,
+    /// Identity of the archive version last verified or written.
+    verified: Option<Identity>,
+    current: Option<Current>,
+    attempt: AttemptStatus,
+    archives_written: u64,
+}
+
+struct Current {
+    attempt: u32,
+    plan: AttemptPlan,
+    watcher: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    setup: Setup,
+    checkpoint_dir: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+/// Cheap to clone; shared by the supervisor loop and the attempt watcher.
+#[derive(Clone)]
+pub struct Cds {
+    inner: Arc<Inner>,
+}
+
+impl Cds {
+    /// Prepares the archive directory (creates it, removes other keys'
+    /// archives and leftovers, verifies the archive). Blocking: call before
+    /// the async runtime starts.
+    pub fn new(setup: Setup, checkpoint_dir: Option<PathBuf>) -> Cds {
+        let mut state = State {
+            strategy: None,
+            off_reason: None,
+            verified: None,
+            current: None,
+            attempt: AttemptStatus::default(),
+            archives_written: 0,
+        };
+        match &setup.decision {
+            Decision::Off { reason } => {
+                info!(reason = %reason, "class-data sharing off");
+                state.off_reason = Some(reason.clone());
+            }
+            Decision::On {
+                strategy,
+                runtime_dump,
+                why,
+            } => {
+                let store = &setup.store;
+                match store.create_dir() {
+                    Err(e) => {
+                        let reason = format!("cannot use jvm.archive_dir: {e}");
+                        warn!(reason = %reason, "class-data sharing off");
+                        state.off_reason = Some(reason);
+                    }
+                    Ok(()) => {
+                        state.strategy = Some((*strategy, *runtime_dump));
+                        for p in store.prune() {
+                            info!(path = %p.display(), "removed a stale CDS archive file");
+                        }
+                        if let Err(why) = store.check(&mut state.verified) {
+                            warn!(archive = %store.archive().display(), why = %why, "discarding the CDS archive");
+                            store.discard();
+                        }
+                        info!(
+                            strategy = strategy.as_str(),
+                            key = store.key(),
+                            archive = %store.archive().display(),
+                            present = state.verified.is_some(),
+                            why = %why,
+                            "class-data sharing on"
+                        );
+                    }
+                }
+            }
+        }
+        Cds {
+            inner: Arc::new(Inner {
+                setup,
+                checkpoint_dir,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The JVM options for `attempt` (empty when CDS is off); starts the
+    /// attempt's watcher on the current tokio runtime.
+    pub fn before_start(&self, attempt: u32, shared: &Arc<Shared>) -> Vec<String> {
+        let inner = &self.inner;
+        let setup = &inner.setup;
+        let mut st = inner.lock();
+        if let Some(old) = st.current.take()
+            && let Some(w) = old.watcher
+        {
+            w.abort();
+        }
+        shared.metrics.jvm_cds_archive_used.set(0);
+        st.attempt = AttemptStatus {
+            attempt,
+            dump: "none".into(),
+            ..Default::default()
+        };
+        let Some((strategy, runtime_dump)) = st.strategy else {
+            inner.publish(&st, shared);
+            return Vec::new();
+        };
+        let store = &setup.store;
+        let _ = std::fs::remove_file(&setup.log_path);
+        if let Some(dir) = setup.log_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let ready = match store.check(&mut st.verified) {
+            Ok(r) => r.is_some(),
+            Err(why) => {
+                warn!(archive = %store.archive().display(), why = %why, "discarding the CDS archive");
+                store.discard();
+                st.verified = None;
+                false
+            }
+        };
+        let plan = decide::attempt_plan(
+            strategy,
+            runtime_dump,
+            ready,
+            &store.archive(),
+            &store.partial(attempt),
+            &setup.log_path,
+        );
+        st.attempt.archive_offered = plan.offered.is_some();
+        st.attempt.dump = match &plan.dump {
+            Dump::None => "none",
+            Dump::WhileRunning(_) => "waiting-for-first-commit",
+            Dump::AtExit(_) => "at-exit",
+        }
+        .into();
+        if plan.offered.is_none() {
+            st.attempt.archive_used = Some(false);
+            st.attempt.detail = Some("no archive yet".into());
+        }
+        info!(
+            attempt,
+            archive_offered = plan.offered.is_some(),
+            dump = %st.attempt.dump,
+            log = %setup.log_path.display(),
+            "class-data sharing for this attempt"
+        );
+        let watcher = tokio::runtime::Handle::try_current().ok().map(|h| {
+            h.spawn(watch(
+                self.inner.clone(),
+                shared.clone(),
+                attempt,
+                plan.clone(),
+                SystemTime::now(),
+            ))
+        });
+        let flags = plan.flags.clone();
+        st.current = Some(Current {
+            attempt,
+            plan,
+            watcher,
+        });
+        inner.publish(&st, shared);
+        flags
+    }
+
+    /// After every process of `attempt` is gone: promotes an archive the
+    /// JVM wrote at exit, adopts one it rewrote itself (Java 19+), discards
+    /// one that may have crashed it.
+    pub fn after_exit(&self, attempt: u32, term: Termination, shared: &Shared) {
+        let inner = &self.inner;
+        let setup = &inner.setup;
+        let store = &setup.store;
+        let mut st = inner.lock();
+        shared.metrics.jvm_cds_archive_used.set(0);
+        let Some(cur) = st.current.take().filter(|c| c.attempt == attempt) else {
+            return;
+        };
+        if let Some(w) = cur.watcher {
+            w.abort();
+        }
+        let Some((strategy, _)) = st.strategy else {
+            return;
+        };
+        let normal_exit = matches!(term, Termination::Exited(_)) && !fatal(term);
+        if cur.plan.offered.is_some() && fatal(term) {
+            warn!(attempt, status = ?term, archive = %store.archive().display(),
+                "the JVM died of a fatal error while using the CDS archive: discarding it; the next start is cold and makes a new one");
+            store.discard();
+            st.verified = None;
+        }
+        let log = std::fs::read_to_string(&setup.log_path).unwrap_or_default();
+        if let Dump::AtExit(partial) = &cur.plan.dump {
+            let written = partial.exists() && cdslog::dump_written(&log);
+            if normal_exit && written {
+                let java = java_version(setup);
+                match tokio::task::block_in_place(|| store.promote(partial, "dump-at-exit", &java))
+                {
+                    Ok((ready, id)) => {
+                        st.verified = Some(id);
+                        st.archives_written += 1;
+                        st.attempt.dump = "written".into();
+                        info!(attempt, archive = %ready.path.display(), bytes = ready.size, "the JVM wrote its CDS archive at exit");
+                    }
+                    Err(e) => {
+                        st.attempt.dump = format!("failed: {e}");
+                        warn!(attempt, error = %e, "cannot keep the CDS archive written at exit");
+                    }
+                }
+            } else {
+                st.attempt.dump = "not written (the JVM did not exit normally)".into();
+                debug!(attempt, status = ?term, "no CDS archive from this attempt");
+            }
+        }
+        if strategy == Strategy::AutoCreate {
+            let now = Identity::of(&store.archive());
+            if now.is_some() && now != st.verified {
+                if normal_exit {
+                    let java = java_version(setup);
+                    match tokio::task::block_in_place(|| store.adopt("jvm-auto-create", &java)) {
+                        Ok(id) => {
+                            st.verified = Some(id);
+                            st.archives_written += 1;
+                            info!(attempt, archive = %store.archive().display(), "the JVM rewrote its CDS archive at exit");
+                        }
+                        Err(e) => {
+                            warn!(attempt, error = %e, "cannot record the CDS archive the JVM wrote: discarding it");
+                            store.discard();
+                        }
+                    }
+                } else {
+                    warn!(attempt, status = ?term, "the JVM was writing its CDS archive when it died: discarding it");
+                    store.discard();
+                    st.verified = None;
+                }
+            }
+        }
+        // Partial dumps never outlive their attempt.
+        store.prune();
+        inner.publish(&st, shared);
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes the `/status` `jvm` object.
+    fn publish(&self, st: &State, shared: &Shared) {
+        let mut doc = self.setup.to_json();
+        if let Some(r) = &st.off_reason {
+            doc["enabled"] = serde_json::json!(false);
+            doc["reason"] = serde_json::json!(r);
+        }
+        if let Some((s, _)) = st.strategy {
+            doc["strategy"] = serde_json::json!(s.as_str());
+        }
+        let record = st.verified.and_then(|_| self.setup.store.read_record());
+        doc["archive_present"] = serde_json::json!(record.is_some());
+        doc["archive_bytes"] = serde_json::json!(record.as_ref().map(|r| r.size));
+        doc["archive_made_by"] = serde_json::json!(record.as_ref().map(|r| r.made_by.clone()));
+        doc["archives_written"] = serde_json::json!(st.archives_written);
+        doc["attempt"] = serde_json::to_value(&st.attempt).unwrap_or_default();
+        shared.update(|s| s.jvm = doc);
+    }
+
+    fn update(&self, shared: &Shared, attempt: u32, f: impl FnOnce(&mut State)) -> bool {
+        let mut st = self.lock();
+        if st.current.as_ref().map(|c| c.attempt) != Some(attempt) {
+            return false;
+        }
+        f(&mut st);
+        self.publish(&st, shared);
+        true
+    }
+}
+
+fn java_version(setup: &Setup) -> String {
+    setup
+        .java
+        .as_ref()
+        .map(|j| j.version.clone())
+        .unwrap_or_default()
+}
+
+/// A death that a bad archive could cause (SIGSEGV, SIGBUS, SIGABRT from
+/// the JVM's fatal error handler, SIGILL, SIGFPE), directly or as 128+n
+/// from a wrapper shell.
+fn fatal(term: Termination) -> bool {
+    let fatal_signals = [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGABRT,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ];
+    let n = match term {
+        Termination::Signaled(s) => s,
+        Termination::Exited(c) if c > 128 => c - 128,
+        Termination::Exited(_) => return false,
+    };
+    fatal_signals.iter().any(|s| *s as i32 == n)
+}
+
+/// Whether a batch was committed at or after `since` under a checkpoint
+/// root holding one query (`commits/`) or one per subfolder.
+pub fn committed_since(root: &Path, since: SystemTime) -> bool {
+    let mut dirs = vec![root.join("commits")];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        dirs.extend(rd.flatten().map(|e| e.path().join("commits")));
+    }
+    dirs.iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u64>().is_ok())
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t >= since)
+            })
+        })
+    })
+}
+
+/// Follows one attempt: the JVM's verdict on an offered archive, then (when
+/// planned) the dump of a new one by the running driver.
+async fn watch(
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    attempt: u32,
+    plan: AttemptPlan,
+    started: SystemTime,
+) {
+    // The attempt's process (spark-submit execs into the driver's JVM).
+    let pid = loop {
+        let s = shared.snapshot();
+        if s.attempt == attempt
+            && let Some(p) = s.pid
+        {
+            break p;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if plan.offered.is_some() {
+        verdict(&inner, &shared, attempt).await;
+    }
+    if let Dump::WhileRunning(partial) = &plan.dump {
+        dump_while_running(&inner, &shared, attempt, pid, partial, started).await;
+    }
+}
+
+async fn verdict(inner: &Arc<Inner>, shared: &Arc<Shared>, attempt: u32) {
+    let log_path = &inner.setup.log_path;
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        let log = tokio::fs::read_to_string(log_path)
+            .await
+            .unwrap_or_default();
+        if first_seen.is_none() && tokio::fs::metadata(log_path).await.is_ok() {
+            first_seen = Some(Instant::now());
+        }
+        let settled = first_seen.is_some_and(|t| t.elapsed() >= SETTLE);
+        match cdslog::verdict(&log, settled) {
+            cdslog::Verdict::Pending => tokio::time::sleep(POLL).await,
+            cdslog::Verdict::Used => {
+                shared.metrics.jvm_cds_archive_used.set(1);
+                inner.update(shared, attempt, |st| {
+                    st.attempt.archive_used = Some(true);
+                    st.attempt.detail = Some("the JVM mapped the archive".into());
+                });
+                info!(attempt, "the driver's JVM runs with the CDS archive");
+                return;
+            }
+            cdslog::Verdict::Rejected(why) => {
+                let store = &inner.setup.store;
+                warn!(attempt, why = %why, archive = %store.archive().display(),
+                    "the JVM rejected the CDS archive (it started without it): discarding it so the next start makes a new one");
+                inner.update(shared, attempt, |st| {
+                    store.discard();
+                    st.verified = None;
+                    st.attempt.archive_used = Some(false);
+                    st.attempt.detail = Some(format!("rejected by the JVM: {why}"));
+                });
+                return;
+            }
+        }
+    }
+}
+
+async fn dump_while_running(
+    inner: &Arc<Inner>,
+    shared: &Arc<Shared>,
+    attempt: u32,
+    pid: i32,
+    partial: &Path,
+    started: SystemTime,
+) {
+    // Wait until the driver has loaded what a batch needs.
+    match &inner.checkpoint_dir {
+        Some(root) => {
+            while !committed_since(root, started) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => {
+            while !shared.snapshot().spark_ui.ok {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tokio::time::sleep(WARMUP_WITHOUT_CHECKPOINT).await;
+        }
+    }
+    let fail = |why: String, give_up_attach: bool, give_up_cds: bool| {
+        warn!(attempt, why = %why, "the running driver did not write a CDS archive");
+        inner.update(shared, attempt, |st| {
+            st.attempt.dump = format!("failed: {why}");
+            if give_up_cds {
+                st.strategy = None;
+                st.off_reason = Some(why.clone());
+            } else if give_up_attach && let Some((s, _)) = st.strategy {
+                // Later attempts let the JVM write it at a normal exit.
+                let fallback = if s == Strategy::AutoCreate {
+                    Strategy::AutoCreate
+                } else {
+                    Strategy::DumpAtExit
+                };
+                st.strategy = Some((fallback, false));
+            }
+        });
+        let _ = std::fs::remove_file(partial);
+    };
+    // The process must still be this attempt's JVM.
+    let argv = proc_argv(pid);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "java" {
+        return fail(
+            format!("process {pid} is not a JVM; cannot ask it for an archive"),
+            true,
+            false,
+        );
+    }
+    // A non-empty directory on the class path makes the JVM stop on a dump request.
+    let jvm_args = argv.get(1..).unwrap_or_default();
+    if let Some(d) = options::class_path_of(jvm_args)
+        .into_iter()
+        .find(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
+    {
+        return fail(
+            format!(
+                "the driver's class path holds the non-empty directory {}; the JVM cannot archive with it",
+                d.display()
+            ),
+            true,
+            true,
+        );
+    }
+    inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
+    info!(attempt, pid, file = %partial.display(), "the driver committed a batch: asking it to write its CDS archive");
+    let t0 = Instant::now();
+    let command = format!("VM.cds dynamic_dump {}", partial.display());
+    let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
+    match res {
+        Ok(Ok(out)) => {
+            let log = tokio::fs::read_to_string(&inner.setup.log_path)
+                .await
+                .unwrap_or_default();
+            if !cdslog::dump_written(&log) {
+                let why = cdslog::dump_blocker(&log).unwrap_or_else(|| {
+                    format!("the JVM did not report a written archive ({})", out.trim())
+                });
+                return fail(why, false, false);
+            }
+            let store = inner.setup.store.clone();
+            let java = java_version(&inner.setup);
+            let partial = partial.to_path_buf();
+            let promoted = tokio::task::spawn_blocking(move || {
+                store.promote(&partial, "dump-while-running", &java)
+            })
+            .await;
+            match promoted {
+                Ok(Ok((ready, id))) => {
+                    info!(
+                        attempt,
+                        archive = %ready.path.display(),
+                        bytes = ready.size,
+                        took_ms = t0.elapsed().as_millis() as u64,
+                        "CDS archive written by the running driver; later starts map it"
+                    );
+                    inner.update(shared, attempt, |st| {
+                        st.verified = Some(id);
+                        st.archives_written += 1;
+                        st.attempt.dump = "written".into();
+                    });
+                }
+                Ok(Err(e)) => fail(e.to_string(), false, false),
+                Err(e) => fail(e.to_string(), false, false),
+            }
+        }
+        Ok(Err(e)) => fail(e.to_string(), true, false),
+        Err(e) => fail(e.to_string(), false, false),
+    }
+}
+
+/// The argv of a process from /proc.
+fn proc_argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_signals() {
+        assert!(fatal(Termination::Signaled(Signal::SIGABRT as i32)));
+        assert!(fatal(Termination::Signaled(Signal::SIGSEGV as i32)));
+        assert!(fatal(Termination::Exited(134)));
+        assert!(!fatal(Termination::Signaled(Signal::SIGKILL as i32)));
+        assert!(!fatal(Termination::Exited(143)));
+        assert!(!fatal(Termination::Exited(1)));
+        assert!(!fatal(Termination::Exited(0)));
+    }
+
+    #[test]
+    fn commits_after_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("q1/commits")).unwrap();
+        std::fs::write(root.join("q1/commits/0"), "v1").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert!(committed_since(root, SystemTime::UNIX_EPOCH));
+        assert!(!committed_since(root, later), "old commits do not count");
+        std::fs::write(root.join("q1/commits/.1.tmp"), "x").unwrap();
+        assert!(!committed_since(root, later));
+        std::fs::create_dir_all(root.join("commits")).unwrap();
+        std::fs::write(root.join("commits/3"), "v1").unwrap();
+        assert!(
+            committed_since(root, SystemTime::UNIX_EPOCH),
+            "single query root"
+        );
+        assert!(!committed_since(
+            &root.join("missing"),
+            SystemTime::UNIX_EPOCH
+        ));
+    }
+}

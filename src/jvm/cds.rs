@@ -33,9 +33,12 @@ use super::{Setup, attach, cdslog, options};
 use crate::state::Shared;
 use crate::supervisor::exit::Termination;
 
-/// How long after its CDS log appears the JVM has surely validated the
-/// archive (it does so within its first second).
-const SETTLE: Duration = Duration::from_secs(5);
+/// How long after mapping the archive the JVM has surely validated it (it
+/// does so within milliseconds).
+const SETTLE: Duration = Duration::from_secs(10);
+/// A JVM whose CDS log shows no mapping this long after it appeared did not
+/// map the archive.
+const NEVER_MAPPED: Duration = Duration::from_secs(60);
 /// Longest wait for the running JVM to write its archive.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Without a checkpoint to watch, dump this long after Spark's API answers.
@@ -413,15 +416,20 @@ async fn watch(
 
 async fn verdict(inner: &Arc<Inner>, shared: &Arc<Shared>, attempt: u32) {
     let log_path = &inner.setup.log_path;
-    let mut first_seen: Option<Instant> = None;
+    let mut log_seen: Option<Instant> = None;
+    let mut mapped_seen: Option<Instant> = None;
     loop {
         let log = tokio::fs::read_to_string(log_path)
             .await
             .unwrap_or_default();
-        if first_seen.is_none() && tokio::fs::metadata(log_path).await.is_ok() {
-            first_seen = Some(Instant::now());
+        if log_seen.is_none() && tokio::fs::metadata(log_path).await.is_ok() {
+            log_seen = Some(Instant::now());
         }
-        let settled = first_seen.is_some_and(|t| t.elapsed() >= SETTLE);
+        if mapped_seen.is_none() && cdslog::mapped(&log) {
+            mapped_seen = Some(Instant::now());
+        }
+        let settled = mapped_seen.is_some_and(|t| t.elapsed() >= SETTLE)
+            || log_seen.is_some_and(|t| t.elapsed() >= NEVER_MAPPED);
         match cdslog::verdict(&log, settled) {
             cdslog::Verdict::Pending => tokio::time::sleep(POLL).await,
             cdslog::Verdict::Used => {

@@ -32,12 +32,11 @@ const REJECTIONS: &[&str] = &[
     "Checksum verification failed",
 ];
 
-/// Lines the JVM writes after it has validated (or dropped) the top archive.
-const VALIDATED: &[&str] = &[
-    "optimized module handling",
-    "full module graph",
-    "use_full_module_graph",
-];
+/// The JVM maps the top archive, checks the class path, and when it keeps
+/// the archive it finally unmaps the relocation bitmaps ("Unmapping region
+/// #2 … (Bitmap)"); a rejected archive is unmapped with a reason first.
+const MAPPED: &str = "Mapped dynamic region #0";
+const DONE: &str = "Unmapping region #2";
 
 /// Why the JVM rejected the archive: the most specific line it logged.
 fn reason(log: &str) -> String {
@@ -65,8 +64,10 @@ pub fn strip_decorations(line: &str) -> &str {
 }
 
 /// The verdict so far. `settled` is true once the JVM has certainly passed
-/// its start-up (the log is old enough, or the JVM has exited): a mapped
-/// archive without a rejection then counts as used.
+/// its archive checks (the caller's clock: long after the mapping, or long
+/// after the log appeared without one); a mapped archive without a
+/// rejection then counts as used. Lines written before the mapping (Spark's
+/// module options make the JVM log some at once) do not count as progress.
 pub fn verdict(log: &str, settled: bool) -> Verdict {
     if log
         .lines()
@@ -74,15 +75,19 @@ pub fn verdict(log: &str, settled: bool) -> Verdict {
     {
         return Verdict::Rejected(reason(log));
     }
-    let mapped = log.contains("Mapped dynamic region #0");
-    let validated = log.lines().any(|l| VALIDATED.iter().any(|v| l.contains(v)));
-    match (mapped, validated || settled) {
-        (true, true) => Verdict::Used,
-        (false, true) => Verdict::Rejected(
+    match log.find(MAPPED) {
+        Some(at) if settled || log[at..].contains(DONE) => Verdict::Used,
+        Some(_) => Verdict::Pending,
+        None if settled => Verdict::Rejected(
             "the JVM did not map the archive (no \"Mapped dynamic region\" in its log)".into(),
         ),
-        _ => Verdict::Pending,
+        None => Verdict::Pending,
     }
+}
+
+/// Whether the JVM has mapped the archive (it may still reject it).
+pub fn mapped(log: &str) -> bool {
+    log.contains(MAPPED)
 }
 
 /// The JVM finished writing a dynamic archive ("Written dynamic archive").
@@ -112,6 +117,8 @@ mod tests {
 [0.011s][info][class,path] ok
 [0.011s][info][cds       ] optimized module handling: enabled
 [0.011s][info][cds       ] full module graph: enabled
+[0.012s][info][cds       ] Unmapping region #2 at base 0x00007f9617236000 (Bitmap)
+[0.012s][info][cds       ] Unmapping region #2 at base 0x00007f9618789000 (Bitmap)
 ";
 
     const MISMATCH: &str = "\
@@ -121,6 +128,7 @@ mod tests {
 [0.013s][info][cds       ] Unmapping region #0 at base 0x00007fd347bc7000 (ReadWrite)
 [0.013s][warning][cds,dynamic] Unable to use shared archive. The top archive failed to load: /tmp/good.jsa
 [0.013s][info   ][cds        ] optimized module handling: enabled
+[0.014s][info   ][cds        ] Unmapping region #2 at base 0x00007fd3cd168000 (Bitmap)
 ";
 
     #[test]
@@ -160,12 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn validated_or_settled_without_mapping_is_a_rejection() {
-        let log = "[0.004s][info][cds] trying to map /x.jsa\n[0.01s][info][cds] full module graph: enabled\n";
-        assert!(matches!(verdict(log, false), Verdict::Rejected(_)));
-        let early = "[0.004s][info][cds] trying to map /x.jsa\n";
+    fn lines_before_the_mapping_are_not_progress() {
+        // Spark's --add-opens make the JVM log these before anything else.
+        let early = "[0.001s][info][cds] optimized module handling: disabled due to incompatible property: jdk.module.addmods.0=jdk.incubator.vector\n\
+                     [0.005s][info][cds] trying to map /x.jsa\n";
         assert_eq!(verdict(early, false), Verdict::Pending);
-        assert!(matches!(verdict(early, true), Verdict::Rejected(_)));
+        assert!(matches!(verdict(early, true), Verdict::Rejected(r) if r.contains("did not map")));
+        assert!(!mapped(early));
         // A header from another JVM build: rejected without a "failed" line.
         let version = "[0.004s][info][cds       ] _version expected: 11\n\
                        [0.004s][info][cds       ] UseSharedSpaces: The shared archive file has the wrong version.\n";

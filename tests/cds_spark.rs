@@ -234,7 +234,7 @@ fn the_running_driver_writes_the_archive_and_a_restart_maps_it() {
     let argv = cmdline(jvm2);
     let shared_file = format!("-XX:SharedArchiveFile={}", archive.display());
     assert!(
-        argv.iter().any(|a| *a == shared_file) && argv.iter().any(|a| a == "-Xshare:auto"),
+        argv.contains(&shared_file) && argv.iter().any(|a| a == "-Xshare:auto"),
         "the driver JVM received the options: {argv:?}"
     );
     let st = wait_verdict(&sv, 2);

@@ -86,6 +86,8 @@ pub struct SparkUi {
     pub url: String,
     pub ok: bool,
     pub last_error: Option<String>,
+    /// The running application's id (`spark-…` / `app-…`), from the REST API.
+    pub app_id: Option<String>,
 }
 
 impl Status {
@@ -165,6 +167,18 @@ impl Shared {
             s.spark_ui.ok = ok;
             s.spark_ui.last_error = error;
         });
+    }
+
+    /// Records the application id Spark reported.
+    pub fn set_spark_app_id(&self, id: String) {
+        self.update(|s| s.spark_ui.app_id = Some(id));
+    }
+
+    /// Takes the last known application id (the attempt that just ended).
+    pub fn take_spark_app_id(&self) -> Option<String> {
+        let mut id = None;
+        self.update(|s| id = s.spark_ui.app_id.take());
+        id
     }
 
     /// Liveness: Ok while the supervisor works (app running, starting,

@@ -25,7 +25,8 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::{Loaded, Resolved, RestartPolicy};
+use crate::config::{Loaded, Master, Resolved, RestartPolicy};
+use crate::kube;
 use crate::state::{LastExit, Phase, Shared, unix_now};
 use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
 use backoff::{Backoff, Budget};
@@ -165,6 +166,7 @@ impl Supervisor {
                 let code = ended.term.code();
                 return if code == 0 { 1 } else { code };
             }
+            self.delete_old_executors().await;
             let delay = self.backoff.next_delay(ended.runtime, fastrand::f64());
             self.budget.record(now);
             let used = self.budget.used(now);
@@ -407,6 +409,60 @@ impl Supervisor {
             ),
         }
         class
+    }
+
+    /// Client mode on Kubernetes: deletes the executor pods of the attempt
+    /// that just ended, so none linger beside the next driver's. Failures
+    /// are logged; those executors stop on their own when they lose the
+    /// driver, and are deleted with the pod (owner references).
+    async fn delete_old_executors(&self) {
+        let app_id = self.ctx.shared.take_spark_app_id();
+        let Some(client) = &self.ctx.resolved.client else {
+            return;
+        };
+        if !matches!(client.master.value, Master::Kubernetes(_))
+            || !self
+                .ctx
+                .loaded
+                .config
+                .spark
+                .client
+                .delete_executors_on_restart
+        {
+            return;
+        }
+        let Some(app_id) = app_id else {
+            warn!(
+                "the previous attempt's application id is unknown (Spark's REST API never answered); its executors stop when they lose the driver"
+            );
+            return;
+        };
+        let namespace = client
+            .namespace
+            .as_ref()
+            .map_or("default", |n| n.value.as_str());
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let api = match kube::InCluster::from_env(
+            &env,
+            std::path::Path::new(kube::SERVICE_ACCOUNT_DIR),
+        ) {
+            Ok(api) => api,
+            Err(e) => {
+                warn!(error = %e, app_id, "cannot delete the previous attempt's executor pods; they stop when they lose the driver and go with this pod");
+                return;
+            }
+        };
+        match api.delete_executor_pods(namespace, &app_id).await {
+            Ok(n) => info!(
+                app_id,
+                namespace,
+                deleted = n,
+                "deleted the previous attempt's executor pods"
+            ),
+            Err(e) => {
+                warn!(error = %e, app_id, namespace, "cannot delete the previous attempt's executor pods; they stop when they lose the driver and go with this pod")
+            }
+        }
     }
 
     /// Sleeps for the backoff delay; false when a stop was requested.

@@ -136,10 +136,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.1 request; (status, body), or None when nothing answers.
+/// A plain HTTP/1.1 request to loopback; (status, body), or None when nothing answers.
 pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    http_at("127.0.0.1", method, port, path)
+}
+
+/// A plain HTTP/1.1 request to `host:port`.
+pub fn http_at(host: &str, method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let addr: std::net::SocketAddr = format!("{host}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut buf = Vec::new();
@@ -218,6 +224,8 @@ pub fn send(pid: i32, sig: nix::sys::signal::Signal) {
 /// everything it started when dropped.
 pub struct Running {
     pub child: std::process::Child,
+    /// Where its HTTP server is reached (loopback unless in another netns).
+    pub host: String,
     /// Host pid of the sparkvisor process itself (found lazily inside a
     /// PID namespace: see `pid()`).
     pid: Option<i32>,
@@ -228,15 +236,33 @@ pub struct Running {
 impl Running {
     /// Starts `sparkvisor run --config CONFIG` with stderr/stdout to a log file.
     pub fn start(config: &Path, port: u16, pid_namespace: bool, env: &[(&str, &str)]) -> Running {
-        let log = config.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = if pid_namespace {
+        let cmd = if pid_namespace {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount-proc"]).arg(bin());
             c
         } else {
             Command::new(bin())
         };
+        Self::start_cmd(cmd, pid_namespace, config, port, env)
+    }
+
+    /// Starts sparkvisor inside the network namespace `netns` (`ip netns exec`
+    /// execs it, so the pid is sparkvisor's own).
+    pub fn start_in_netns(netns: &str, config: &Path, port: u16, env: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin());
+        Self::start_cmd(cmd, false, config, port, env)
+    }
+
+    fn start_cmd(
+        mut cmd: Command,
+        pid_namespace: bool,
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Running {
+        let log = config.with_extension("log");
+        let out = std::fs::File::create(&log).unwrap();
         cmd.arg("run").arg("--config").arg(config);
         for (k, _) in std::env::vars() {
             if k.starts_with("SPARKVISOR_") {
@@ -251,6 +277,7 @@ impl Running {
         let pid = (!pid_namespace).then_some(child.id() as i32);
         Running {
             child,
+            host: "127.0.0.1".into(),
             pid,
             port,
             log,
@@ -296,7 +323,10 @@ impl Running {
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
-        status(self.port)
+        let (code, body) = http_at(&self.host, "GET", self.port, "/status")?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// Waits until /status satisfies `pred`, and returns it.

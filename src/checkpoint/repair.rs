@@ -132,7 +132,9 @@ pub enum RepairError {
     Layout(#[from] LayoutError),
     #[error("no place for the quarantine folder beside {0}; set checkpoint.quarantine_dir")]
     NoQuarantinePlace(PathBuf),
-    #[error("the quarantine folder {quarantine} is inside the query folder {query}")]
+    #[error(
+        "checkpoint.quarantine_dir: the quarantine folder {quarantine} is inside the query folder {query}; choose one outside every query"
+    )]
     QuarantineInsideQuery { quarantine: PathBuf, query: PathBuf },
     #[error("cannot {op} {path}: {source}")]
     Io {

@@ -11,4 +11,6 @@ pub mod repair;
 pub use inspect::{Inspection, inspect};
 pub use layout::LayoutError;
 pub use progress::{Activity, QueryProgress, assess, refresh};
-pub use repair::{RepairError, RepairReport, default_quarantine_dir, repair};
+pub use repair::{
+    RepairError, RepairPlan, RepairReport, default_quarantine_dir, plan_root, repair,
+};

@@ -260,19 +260,25 @@ pub fn apply(
     Ok(report)
 }
 
-/// Scans every query under `root` fully, plans and applies. A root that does
-/// not exist yet needs no repair.
+/// Scans every query under `root` fully and plans, touching nothing: what
+/// the caller logs when `checkpoint.repair` is off. A root that does not
+/// exist yet needs no repair.
+pub fn plan_root(root: &Path) -> Result<RepairPlan, RepairError> {
+    match layout::scan_root(root, Depth::Full) {
+        Ok(scans) => Ok(plan(root, &scans)),
+        Err(LayoutError::NotFound(_)) => Ok(plan(root, &[])),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`plan_root`], then [`apply`] into `quarantine_dir` (default
+/// [`default_quarantine_dir`]).
 pub fn repair(
     root: &Path,
     quarantine_dir: Option<&Path>,
     now: SystemTime,
 ) -> Result<RepairReport, RepairError> {
-    let scans = match layout::scan_root(root, Depth::Full) {
-        Ok(s) => s,
-        Err(LayoutError::NotFound(_)) => return Ok(RepairReport::default()),
-        Err(e) => return Err(e.into()),
-    };
-    let plan = plan(root, &scans);
+    let plan = plan_root(root)?;
     if plan.is_empty() {
         return Ok(RepairReport::default());
     }
@@ -614,6 +620,21 @@ mod tests {
             to,
             &tmp.path().join("ck.quarantine/20261120T235640Z/offsets/3")
         );
+    }
+
+    #[test]
+    fn plan_root_touches_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ck");
+        assert!(plan_root(&root).unwrap().is_empty());
+        query(&root, Some(2), Some(2), t0());
+        put(&root.join("commits/2"), b"");
+        let temp = root.join(format!("state/0/0/.3.delta.{UUID}.TID1.tmp"));
+        put(&temp, b"x");
+        let p = plan_root(&root).unwrap();
+        assert_eq!(p.actions.len(), 2);
+        assert!(root.join("commits/2").exists() && temp.exists());
+        assert!(!tmp.path().join("ck.quarantine").exists());
     }
 
     #[test]

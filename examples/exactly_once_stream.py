@@ -17,6 +17,11 @@ duplicate arriving after the watermark passed would be emitted again, so
 "exactly once" would depend on timing. The ids here are bounded, so keeping
 all of them in state is cheap.
 
+Done: with F input files and FILES_PER_TRIGGER=k the input is consumed once
+batch ceil(F/k)-1 is committed (a batch re-run after a crash replays the same
+files, so the batch count does not change); with AVAILABLE_NOW=1 the app then
+exits 0. Check the result with exactly_once_verify.py.
+
 Environment:
   SPARKVISOR_CHECKPOINT_DIR  checkpoint root (required); the query uses <root>/dedup
   INPUT_DIR                  input folder (required)

@@ -120,6 +120,25 @@ fn garbage_is_reported_not_a_crash() {
 }
 
 #[test]
+fn a_name_that_is_not_utf8_is_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    query(tmp.path(), 1, Some(1));
+    let odd = tmp
+        .path()
+        .join("offsets")
+        .join(std::ffi::OsStr::from_bytes(b"7\xff"));
+    std::fs::write(&odd, OFFSETS).unwrap();
+    let out = inspect(tmp.path(), "json");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let t = &j["queries"][0]["torn_files"][0];
+    assert_eq!(t["kind"], "unexpected");
+    assert!(t["path"].as_str().unwrap().ends_with("offsets/7\u{fffd}"));
+    assert_eq!(j["queries"][0]["latest_offsets_batch"], 1);
+}
+
+#[test]
 fn bad_locations_exit_2_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "notes/readme.txt", "hello");

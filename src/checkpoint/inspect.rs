@@ -17,6 +17,7 @@ use serde::Serialize;
 /// One torn or leftover file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TornFile {
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// `torn`, `temp`, `orphan_checksum`, `empty`, `unexpected`, `unreadable`.
     pub kind: &'static str,
@@ -122,6 +123,12 @@ fn torn_files(scan: &QueryScan, plan: &RepairPlan) -> Vec<TornFile> {
     out
 }
 
+/// Paths as JSON strings; a name that is not UTF-8 (it happens in a damaged
+/// tree) is shown with replacement characters instead of failing the report.
+fn lossy_path<S: serde::Serializer, P: AsRef<Path>>(p: P, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.as_ref().to_string_lossy())
+}
+
 /// `checkpoint inspect --format json`, keys in the documented order.
 #[derive(Debug, Serialize)]
 pub struct InspectionJson<'a> {
@@ -130,6 +137,7 @@ pub struct InspectionJson<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct QueryJson<'a> {
+    #[serde(serialize_with = "lossy_path")]
     pub path: &'a Path,
     pub id: Option<&'a str>,
     pub latest_offsets_batch: Option<u64>,

@@ -112,7 +112,7 @@ impl QueryProgress {
     /// For `/status`: the fields of `checkpoint inspect --format json` plus `name`.
     pub fn to_json(&self, now: SystemTime) -> Value {
         json!({
-            "path": self.path,
+            "path": self.path.to_string_lossy(),
             "name": self.name,
             "id": self.id,
             "latest_offsets_batch": self.latest_offsets_batch,

@@ -354,16 +354,24 @@ fn write_record(
         .quarantined
         .iter()
         .flat_map(|q| {
-            q.files
-                .iter()
-                .map(move |m| json!({"from": m.from, "to": m.to, "reason": q.reason}))
+            q.files.iter().map(move |m| {
+                json!({
+                    "from": m.from.to_string_lossy(),
+                    "to": m.to.to_string_lossy(),
+                    "reason": q.reason,
+                })
+            })
         })
         .collect();
     let doc = json!({
         "at": humantime::format_rfc3339_seconds(now).to_string(),
-        "checkpoint": plan.root,
+        "checkpoint": plan.root.to_string_lossy(),
         "moved": moved,
-        "removed_temp_files": report.removed,
+        "removed_temp_files": report
+            .removed
+            .iter()
+            .map(|p| p.to_string_lossy())
+            .collect::<Vec<_>>(),
     });
     let path = session.join("repair.json");
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";

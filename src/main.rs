@@ -32,8 +32,25 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Look into a Structured Streaming checkpoint.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Per query: latest planned and committed batch, last commit, batch in flight, torn files.
+    Inspect {
+        /// The checkpoint root (one query, or one per subfolder).
+        #[arg(value_name = "DIR")]
+        location: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +73,15 @@ struct ConfigArgs {
 enum Format {
     Text,
     Json,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => OutputFormat::Text,
+            Format::Json => OutputFormat::Json,
+        }
+    }
 }
 
 impl ConfigArgs {
@@ -86,6 +112,12 @@ fn main() -> ExitCode {
             })
         }
         Command::Run { config } => commands::run(&config.overrides()),
+        Command::Checkpoint {
+            command: CheckpointCommand::Inspect { location, format },
+        } => commands::checkpoint_inspect(&location, format.into()).map(|out| {
+            print!("{out}");
+            0
+        }),
         Command::Version => {
             println!("{}", commands::version());
             Ok(0)

@@ -110,21 +110,144 @@ pub fn script_spark_home(dir: &Path, script: &str) -> PathBuf {
     home
 }
 
-/// Holds the machine-wide Spark lock: one Spark app at a time on these
-/// 2-core machines (across test binaries and anything else that takes it).
-pub struct SparkLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+/// Path of the machine-wide lock that serialises everything running Spark.
+pub const SPARK_LOCK: &str = "/tmp/sparkvisor-spark.lock";
 
-pub fn spark_lock() -> SparkLock {
-    let f = std::fs::OpenOptions::new()
+/// Holds the machine-wide Spark lock (flock(2) on [`SPARK_LOCK`], the same
+/// lock `flock /tmp/sparkvisor-spark.lock …` takes) until dropped: only one
+/// Spark runs at a time, across tests and other users of the machine.
+pub fn spark_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/tmp/sparkvisor-spark.lock")
-        .expect("open /tmp/sparkvisor-spark.lock");
-    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock /tmp/sparkvisor-spark.lock");
-    SparkLock(lock)
+        .open(SPARK_LOCK)
+        .unwrap_or_else(|e| panic!("open {SPARK_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"))
+}
+
+/// A plain `spark-submit` of a PySpark app from `examples/` (not under
+/// sparkvisor), in its own process group, output in a log file. Dropping it
+/// kills the whole group. Take [`spark_lock`] first.
+pub struct SparkSubmit {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl SparkSubmit {
+    /// Starts `examples/<app>` in local mode with `env` (plus SPARK_HOME and
+    /// PYSPARK_PYTHON of the project venv; the Spark UI is off).
+    pub fn start(app: &str, env: &[(&str, &str)], log: &Path) -> SparkSubmit {
+        Self::start_with_args(app, &[], env, log)
+    }
+
+    /// Like [`SparkSubmit::start`], with arguments for the app.
+    pub fn start_with_args(
+        app: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> SparkSubmit {
+        use std::os::unix::process::CommandExt;
+        let home = spark_home();
+        let out = std::fs::File::create(log).expect("create the Spark log");
+        let err = out.try_clone().expect("clone the log handle");
+        let mut cmd = Command::new(home.join("bin/spark-submit"));
+        cmd.args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
+            .arg(repo().join("examples").join(app))
+            .args(args)
+            .env("SPARK_HOME", &home)
+            .env("PYSPARK_PYTHON", python())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start spark-submit");
+        SparkSubmit {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Sends `sig` to the whole process group (JVM and Python workers).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits for spark-submit to exit, failing after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for(
+            &format!("spark-submit to exit (log {})", log.display()),
+            timeout,
+            || child.try_wait().expect("wait for spark-submit"),
+        )
+    }
+
+    /// SIGKILLs the group and reaps spark-submit; returns once it is gone.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        // Python workers and the JVM were in the same group: wait until
+        // every one of them has gone, so the next run owns the checkpoint.
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        wait_for(
+            "the Spark process group to exit",
+            Duration::from_secs(60),
+            || match nix::sys::signal::killpg(pgid, None) {
+                Err(nix::errno::Errno::ESRCH) => Some(()),
+                _ => None,
+            },
+        );
+    }
+
+    /// Polls `f` like [`wait_for`], failing at once (with the log) if
+    /// spark-submit exits meanwhile.
+    pub fn wait_while_running<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for(what, timeout, || {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            if let Some(status) = child.try_wait().expect("wait for spark-submit") {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(40).collect();
+                let tail: Vec<_> = tail.into_iter().rev().collect();
+                panic!(
+                    "spark-submit exited ({status}) while waiting for {what}; log {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+            None
+        })
+    }
+
+    /// The last `n` lines of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for SparkSubmit {
+    fn drop(&mut self) {
+        // Never panics (it may run while a failed test unwinds).
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
 }
 
 /// A TCP port that was free a moment ago.

@@ -69,6 +69,8 @@ pub struct Status {
     pub pid: Option<i32>,
     pub attempt: u32,
     pub started_at_unix: Option<f64>,
+    /// When Spark's REST API first answered in this attempt.
+    pub spark_up_since_unix: Option<f64>,
     pub restarts_in_window: u32,
     pub max_restarts: u32,
     pub next_restart_in_seconds: Option<f64>,
@@ -97,6 +99,7 @@ impl Status {
             pid: None,
             attempt: 0,
             started_at_unix: None,
+            spark_up_since_unix: None,
             restarts_in_window: 0,
             max_restarts: 0,
             next_restart_in_seconds: None,
@@ -166,6 +169,9 @@ impl Shared {
         self.update(|s| {
             s.spark_ui.ok = ok;
             s.spark_ui.last_error = error;
+            if ok && s.state == Phase::Running && s.spark_up_since_unix.is_none() {
+                s.spark_up_since_unix = Some(unix_now());
+            }
         });
     }
 

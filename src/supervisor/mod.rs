@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod child;
 pub mod exit;
+pub mod progress;
 pub mod reaper;
 pub mod signals;
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::config::{Loaded, Master, Resolved, RestartPolicy};
@@ -49,8 +50,13 @@ pub struct RunContext {
 struct Ended {
     term: Termination,
     stop_requested: bool,
+    killed_for_stall: bool,
     runtime: Duration,
 }
+
+/// After a stall, the JVM gets this long to print its thread dump (SIGQUIT)
+/// before the attempt is killed.
+const STALL_DUMP_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Supervisor {
     ctx: RunContext,
@@ -61,6 +67,8 @@ pub struct Supervisor {
     stop_signal: Signal,
     /// OOM-kill counters before and after the last attempt.
     last_oom: (Option<u64>, Option<u64>),
+    stalls: mpsc::Receiver<progress::Stall>,
+    stall_tx: Option<mpsc::Sender<progress::Stall>>,
 }
 
 impl Supervisor {
@@ -83,6 +91,7 @@ impl Supervisor {
         );
         let budget = Budget::new(sup.max_restarts, sup.restart_window.get());
         let stop_signal = ctx.resolved.stop_signal;
+        let (stall_tx, stalls) = mpsc::channel(16);
         Ok(Supervisor {
             ctx,
             reaper,
@@ -91,6 +100,8 @@ impl Supervisor {
             budget,
             stop_signal,
             last_oom: (None, None),
+            stalls,
+            stall_tx: Some(stall_tx),
         })
     }
 
@@ -108,9 +119,17 @@ impl Supervisor {
             s.spark_ui.url = self.ctx.loaded.config.probes.spark_ui.clone();
         });
         shared.beat();
+        if let Some(tx) = self.stall_tx.take() {
+            tokio::spawn(progress::watch(
+                shared.clone(),
+                self.ctx.loaded.config.checkpoint.clone(),
+                tx,
+            ));
+        }
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            progress::prepare(&shared, &self.ctx.loaded.config.checkpoint).await;
             let plan = match self.plan(attempt) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -120,6 +139,7 @@ impl Supervisor {
                 None => Ended {
                     term: Termination::Exited(127),
                     stop_requested: false,
+                    killed_for_stall: false,
                     runtime: Duration::ZERO,
                 },
             };
@@ -257,11 +277,13 @@ impl Supervisor {
             s.pid = Some(pid.as_raw());
             s.attempt = plan.attempt;
             s.started_at_unix = Some(unix_now());
+            s.spark_up_since_unix = None;
             s.next_restart_in_seconds = None;
         });
         info!(pid = pid.as_raw(), attempt = plan.attempt, argv = ?plan.display_argv(), "started spark-submit");
 
-        let (term, stop_requested) = self.wait_child(pid, exit_rx).await;
+        let (term, stop_requested, killed_for_stall) =
+            self.wait_child(pid, plan.attempt, exit_rx).await;
         shared.metrics.child_up.set(0);
         let runtime = started.elapsed();
         let oom_after = self.ctx.system.limits.oom_kills();
@@ -269,21 +291,25 @@ impl Supervisor {
         Some(Ended {
             term,
             stop_requested,
+            killed_for_stall,
             runtime,
         })
     }
 
-    /// Waits for `pid` to end. Forwards signals; TERM/INT start the graceful
-    /// stop (stop signal now, SIGKILL at the grace deadline, or at once on a
-    /// second TERM/INT).
+    /// Waits for `pid` to end; returns (how, stop requested, killed for a
+    /// stall). Forwards signals; TERM/INT start the graceful stop (stop
+    /// signal now, SIGKILL at the grace deadline, or at once on a second
+    /// TERM/INT); a stall gets a thread dump (SIGQUIT), then the kill.
     async fn wait_child(
         &mut self,
         pid: Pid,
+        attempt: u32,
         mut exit_rx: oneshot::Receiver<Termination>,
-    ) -> (Termination, bool) {
+    ) -> (Termination, bool, bool) {
         let shared = self.ctx.shared.clone();
         let grace = self.ctx.loaded.config.supervisor.stop_grace.get();
         let mut stop_requested = false;
+        let mut stalled = false;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -293,7 +319,23 @@ impl Supervisor {
                     // reaped; a closed channel cannot happen, but if it did the
                     // process is gone without a status.
                     let term = t.unwrap_or(Termination::Signaled(Signal::SIGKILL as i32));
-                    return (term, stop_requested);
+                    return (term, stop_requested, stalled);
+                }
+                Some(stall) = self.stalls.recv() => {
+                    if stall.attempt != attempt || stop_requested || stalled {
+                        continue;
+                    }
+                    stalled = true;
+                    let timeout = self.ctx.loaded.config.checkpoint.stall_timeout;
+                    error!(
+                        query = %stall.query,
+                        batch = stall.batch,
+                        age_s = stall.age.as_secs(),
+                        stall_timeout = %timeout,
+                        "stall: a batch was planned but not committed within checkpoint.stall_timeout; restarting the app (thread dump first)"
+                    );
+                    let _ = child::signal(pid, Signal::SIGQUIT);
+                    deadline = Some(tokio::time::Instant::now() + STALL_DUMP_WAIT);
                 }
                 req = self.signals.recv() => match req {
                     Request::Forward(sig) => {
@@ -323,7 +365,9 @@ impl Supervisor {
                     }
                 },
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");
+                    if !stalled || stop_requested {
+                        warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");
+                    }
                     child::kill_tree(Some(pid));
                     deadline = None;
                 }
@@ -363,7 +407,7 @@ impl Supervisor {
             ended.term,
             exit::Context {
                 stop_requested: ended.stop_requested,
-                killed_for_stall: false,
+                killed_for_stall: ended.killed_for_stall,
                 oom_kills_before: before,
                 oom_kills_after: after,
             },

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules and the data flow.
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod error;

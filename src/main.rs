@@ -29,6 +29,26 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Inspect or restore a Structured Streaming checkpoint.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Restore the newest consistent copy from S3 into a new or empty directory.
+    Restore {
+        /// The replica, as in checkpoint.s3.uri.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        from: String,
+        /// The directory to create (or an empty one).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Args)]
@@ -80,6 +100,12 @@ fn main() -> ExitCode {
                 0
             })
         }
+        Command::Checkpoint {
+            command: CheckpointCommand::Restore { from, to, config },
+        } => commands::restore(&config.overrides(), &from, &to).map(|out| {
+            print!("{out}");
+            0
+        }),
         Command::Version => {
             println!("{}", commands::version());
             Ok(0)

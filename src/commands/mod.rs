@@ -2,7 +2,9 @@
 //! these. Each returns the process exit code or an [`Error`](crate::Error).
 
 mod plan;
+mod restore;
 mod version;
 
 pub use plan::{OutputFormat, plan};
+pub use restore::restore;
 pub use version::version;

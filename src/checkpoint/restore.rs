@@ -541,9 +541,25 @@ enum Job {
     Whole(FileEntry),
     Part {
         file: FileEntry,
+        /// Which large file (for completion tracking).
+        index: usize,
         start: u64,
         len: u64,
     },
+}
+
+/// A file downloaded by ranges is checked as a whole.
+async fn verify_large(path: &Path, f: &FileEntry, key: &str) -> Result<(), DownloadError> {
+    let (sha, n) = sha256_file(path)
+        .await
+        .map_err(|e| DownloadError::Io(path.to_path_buf(), e))?;
+    if n != f.size || sha != f.sha256 {
+        return Err(DownloadError::Broken(format!(
+            "{}: checksum mismatch (object {key} has sha256 {sha})",
+            f.path
+        )));
+    }
+    set_mtime(path, f.mtime_unix_ms).map_err(|e| DownloadError::Io(path.to_path_buf(), e))
 }
 
 /// Downloads and verifies every file of `m` into `dir`.
@@ -568,7 +584,8 @@ async fn download(
         std::fs::create_dir_all(d).map_err(|e| DownloadError::Io(d.clone(), e))?;
     }
     let mut jobs = Vec::new();
-    let mut large = Vec::new();
+    // Per large file: its entry and how many of its parts are still running.
+    let mut large: Vec<(FileEntry, usize)> = Vec::new();
     for files in by_content.values() {
         let f = files[0].clone();
         if f.size <= MULTIPART_THRESHOLD {
@@ -579,19 +596,24 @@ async fn download(
                 .and_then(|h| h.set_len(f.size))
                 .map_err(|e| DownloadError::Io(path.clone(), e))?;
             let mut start = 0;
+            let mut parts = 0;
             while start < f.size {
                 let len = PART_SIZE.min(f.size - start);
                 jobs.push(Job::Part {
                     file: f.clone(),
+                    index: large.len(),
                     start,
                     len,
                 });
                 start += len;
+                parts += 1;
             }
-            large.push(f);
+            large.push((f, parts));
         }
     }
-    let mut set: JoinSet<Result<(), DownloadError>> = JoinSet::new();
+    // Each job reports the large file whose part it wrote; when a file's
+    // last part is in, its verification joins the running downloads.
+    let mut set: JoinSet<Result<Option<usize>, DownloadError>> = JoinSet::new();
     for job in jobs {
         let store = store.clone();
         let throttle = throttle.clone();
@@ -607,30 +629,30 @@ async fn download(
                 io::Error::other(format!("download task: {e}")),
             ))
         });
-        if let Err(e) = r {
-            if first_error.is_none() {
-                first_error = Some(e);
+        match r {
+            Ok(Some(index)) => {
+                large[index].1 -= 1;
+                if large[index].1 == 0 {
+                    let f = large[index].0.clone();
+                    let path = dir.join(&f.path);
+                    let key = manifest::object_key(prefix, &f.sha256);
+                    set.spawn(async move {
+                        verify_large(&path, &f, &key).await?;
+                        Ok(None)
+                    });
+                }
             }
-            set.abort_all();
+            Ok(None) => {}
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+                set.abort_all();
+            }
         }
     }
     if let Some(e) = first_error {
         return Err(e);
-    }
-    // Ranged downloads are verified as a whole.
-    for f in &large {
-        let path = dir.join(&f.path);
-        let (sha, n) = sha256_file(&path)
-            .await
-            .map_err(|e| DownloadError::Io(path.clone(), e))?;
-        if n != f.size || sha != f.sha256 {
-            return Err(DownloadError::Broken(format!(
-                "{}: checksum mismatch (object {} has sha256 {sha})",
-                f.path,
-                manifest::object_key(prefix, &f.sha256)
-            )));
-        }
-        set_mtime(&path, f.mtime_unix_ms).map_err(|e| DownloadError::Io(path.clone(), e))?;
     }
     // Copies of identical contents.
     let dir = dir.to_path_buf();
@@ -657,7 +679,7 @@ async fn run_job(
     prefix: &str,
     dir: &Path,
     job: Job,
-) -> Result<(), DownloadError> {
+) -> Result<Option<usize>, DownloadError> {
     let missing = |f: &FileEntry, e: StoreError| match e {
         StoreError::NotFound { key, .. } => {
             DownloadError::Broken(format!("{}: object {key} is missing", f.path))
@@ -667,10 +689,9 @@ async fn run_job(
     match job {
         Job::Whole(f) => {
             let key = manifest::object_key(prefix, &f.sha256);
-            let bytes = {
-                let _permit = throttle.acquire(f.size).await;
-                store.get(&key).await.map_err(|e| missing(&f, e))?
-            };
+            // Held until the bytes are on disk: the memory budget covers them.
+            let _permit = throttle.acquire(f.size).await;
+            let bytes = store.get(&key).await.map_err(|e| missing(&f, e))?;
             if bytes.len() as u64 != f.size {
                 return Err(DownloadError::Broken(format!(
                     "{}: object {key} has {} bytes, the manifest says {}",
@@ -695,17 +716,21 @@ async fn run_job(
             })
             .await
             .map_err(|e| DownloadError::Io(dir.to_path_buf(), io::Error::other(e)))?
-            .map_err(|e| DownloadError::Io(dir.join(&f.path), e))
+            .map_err(|e| DownloadError::Io(dir.join(&f.path), e))?;
+            Ok(None)
         }
-        Job::Part { file, start, len } => {
+        Job::Part {
+            file,
+            index,
+            start,
+            len,
+        } => {
             let key = manifest::object_key(prefix, &file.sha256);
-            let bytes = {
-                let _permit = throttle.acquire(len).await;
-                store
-                    .get_range(&key, start, len)
-                    .await
-                    .map_err(|e| missing(&file, e))?
-            };
+            let _permit = throttle.acquire(len).await;
+            let bytes = store
+                .get_range(&key, start, len)
+                .await
+                .map_err(|e| missing(&file, e))?;
             if bytes.len() as u64 != len {
                 return Err(DownloadError::Broken(format!(
                     "{}: object {key} is shorter than the manifest says",
@@ -719,7 +744,8 @@ async fn run_job(
             })
             .await
             .map_err(|e| DownloadError::Io(dir.to_path_buf(), io::Error::other(e)))?
-            .map_err(|e| DownloadError::Io(dir.join(&file.path), e))
+            .map_err(|e| DownloadError::Io(dir.join(&file.path), e))?;
+            Ok(Some(index))
         }
     }
 }

@@ -32,7 +32,7 @@ fn parse() -> Result<Args, String> {
         uri: String::new(),
         endpoint: None,
         region: None,
-        concurrency: 16,
+        concurrency: 64,
         retain: 10,
         interval: None,
     };

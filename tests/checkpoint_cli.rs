@@ -156,9 +156,10 @@ fn bad_locations_exit_2_with_a_clear_message() {
         assert!(stderr(&out).contains(dir.to_str().unwrap()));
         assert!(stdout(&out).is_empty());
     }
-    let out = sparkvisor(&["checkpoint", "inspect", "s3://bucket/prefix"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("s3://bucket/prefix"));
+    // A replica location without a bucket is a usage error naming it.
+    let out = sparkvisor(&["checkpoint", "inspect", "s3:///prefix"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("s3:///prefix"), "{}", stderr(&out));
     let out = sparkvisor(&["checkpoint", "inspect", "/x", "--format", "yaml"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -7,16 +7,22 @@ use std::time::{Duration, SystemTime};
 
 use super::OutputFormat;
 use crate::checkpoint::inspect::{Inspection, QueryInspection};
+use crate::checkpoint::s3client::{Location, S3Settings, Store};
+use crate::checkpoint::s3inspect::{self, inspect_remote};
 use crate::checkpoint::{LayoutError, inspect};
+use crate::config::{self, ConfigError, Overrides, Source};
 use crate::{Error, Result};
 
-/// Inspects the checkpoint at `location` (a local folder) and renders it.
-pub fn checkpoint_inspect(location: &str, format: OutputFormat) -> Result<String> {
+/// Inspects the checkpoint at `location` (a local folder, or `s3://…` for
+/// the newest manifest of a replica) and renders it.
+pub fn checkpoint_inspect(
+    overrides: &Overrides,
+    location: &str,
+    format: OutputFormat,
+) -> Result<String> {
     let now = SystemTime::now();
     if location.starts_with("s3://") {
-        return Err(Error::Usage(format!(
-            "{location}: inspecting a checkpoint in S3 is not supported yet; give a local folder"
-        )));
+        return inspect_s3(overrides, location, format);
     }
     let report = inspect(Path::new(location)).map_err(layout_error)?;
     Ok(match format {
@@ -27,6 +33,41 @@ pub fn checkpoint_inspect(location: &str, format: OutputFormat) -> Result<String
             s
         }
         OutputFormat::Text => render_text(&report, now),
+    })
+}
+
+/// The replica's newest readable manifest, in the same shape as a local
+/// inspection (plus a `manifest` block). Connection settings come from
+/// `[checkpoint.s3]` through the usual layering.
+fn inspect_s3(overrides: &Overrides, location: &str, format: OutputFormat) -> Result<String> {
+    let loaded = config::load(overrides)?;
+    let loc = Location::parse(location).map_err(|why| {
+        ConfigError::at(
+            "LOCATION",
+            Source::Flag("checkpoint inspect".into()),
+            Some(format!("{location:?}")),
+            why,
+        )
+    })?;
+    let settings = S3Settings::from_config(&loaded.config.checkpoint.s3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    let report = rt
+        .block_on(async {
+            let store = Store::connect(&settings, &loc.bucket).await;
+            inspect_remote(&store, &loc).await
+        })
+        .map_err(|e| Error::Runtime(format!("cannot inspect {location}: {e}")))?;
+    Ok(match format {
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            s.push('\n');
+            s
+        }
+        OutputFormat::Text => s3inspect::render_text(&report),
     })
 }
 

@@ -3,10 +3,12 @@
 
 mod checkpoint;
 mod plan;
+mod restore;
 mod run;
 mod version;
 
 pub use checkpoint::checkpoint_inspect;
 pub use plan::{OutputFormat, plan};
+pub use restore::restore;
 pub use run::run;
 pub use version::version;

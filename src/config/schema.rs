@@ -291,7 +291,7 @@ impl Default for S3Config {
             restore_on_start: true,
             retain_batches: 10,
             final_sync_timeout: HumanDuration::secs(20),
-            concurrency: 16,
+            concurrency: 64,
         }
     }
 }

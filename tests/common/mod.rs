@@ -3,6 +3,9 @@
 //! sparkvisor as a real process.
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod spark;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -50,6 +50,9 @@ demo: java venv build
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  exec ./target/release/sparkvisor run --config config/demo.toml
 
+# `cargo test --all-targets` builds examples as test harnesses only; the
+# tests run the example binaries (checkpoint_sync), so build them first.
 test: java venv s3s-fs lint
+	cargo build --examples
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets -- --test-threads=2

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,82 +15,11 @@ use nix::sys::signal::Signal;
 
 const SLOW: Duration = Duration::from_secs(300);
 
-fn numbered(dir: &Path) -> BTreeSet<u64> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn jvm_of(sv: i32) -> Option<i32> {
     descendants(sv)
         .into_iter()
         .find(|(p, s)| *s != 'Z' && comm(*p) == "java")
         .map(|(p, _)| p)
-}
-
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = get(port, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A config running `examples/<app>` with `env`, plus extra sections.
-fn config(
-    dir: &Path,
-    app: &str,
-    env: &[(&str, String)],
-    supervisor: &str,
-    checkpoint: &str,
-    port: u16,
-) -> PathBuf {
-    let env: String = env
-        .iter()
-        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
-        .collect();
-    write(
-        dir,
-        "sparkvisor.toml",
-        &format!(
-            r#"
-[spark]
-home = "{home}"
-app = "{app}"
-[spark.conf]
-"spark.sql.shuffle.partitions" = 4
-"spark.ui.showConsoleProgress" = false
-[spark.env]
-PYSPARK_PYTHON = "{python}"
-{env}
-[sizing]
-memory = "3GiB"
-[supervisor]
-backoff_initial = "500ms"
-max_restarts = 20
-runtime_dir = "{d}/run"
-exit_linger = "0s"
-{supervisor}
-[checkpoint]
-dir = "{d}/checkpoint"
-poll_interval = "1s"
-{checkpoint}
-[probes]
-listen = "127.0.0.1:{port}"
-spark_ui = "http://127.0.0.1:{ui}"
-poll_interval = "500ms"
-"#,
-            home = spark_home().display(),
-            app = repo().join("examples").join(app).display(),
-            python = python().display(),
-            d = dir.display(),
-            ui = free_port(),
-        ),
-    )
 }
 
 #[test]
@@ -110,7 +38,7 @@ fn exactly_once_across_four_sigkills() {
         .unwrap();
     assert!(generated.success());
     let port = free_port();
-    let cfg = config(
+    let cfg = streaming_config(
         d,
         "exactly_once_stream.py",
         &[
@@ -175,27 +103,7 @@ fn exactly_once_across_four_sigkills() {
     );
     assert_eq!(sv.log_text().matches("class=\"signaled\"").count(), 4);
 
-    let verify = Command::new(spark_home().join("bin/spark-submit"))
-        .args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
-        .arg(repo().join("examples/exactly_once_verify.py"))
-        .arg(&input)
-        .arg(&output)
-        .env("PYSPARK_PYTHON", python())
-        .env("SPARK_HOME", spark_home())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&verify.stdout);
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no verdict: {out}\n{}",
-                String::from_utf8_lossy(&verify.stderr)
-            )
-        });
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let v = exactly_once_verdict(&input, &output);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["expected"], 3000);
     assert_eq!(v["rows"], 3000, "every id exactly once: {v}");
@@ -205,7 +113,7 @@ fn exactly_once_across_four_sigkills() {
 /// gracefully; returns the newest committed batch.
 fn run_until_commits(dir: &Path, commits: usize) -> u64 {
     let port = free_port();
-    let cfg = config(
+    let cfg = streaming_config(
         dir,
         "rate_stream.py",
         &[("TRIGGER_SECONDS", "1".into())],
@@ -239,7 +147,7 @@ fn torn_commit_is_quarantined_and_spark_resumes_only_with_repair() {
 
     // Without repair Spark refuses the checkpoint.
     let port = free_port();
-    let cfg = config(
+    let cfg = streaming_config(
         d,
         "rate_stream.py",
         &[("TRIGGER_SECONDS", "1".into())],
@@ -262,7 +170,7 @@ fn torn_commit_is_quarantined_and_spark_resumes_only_with_repair() {
 
     // With repair: quarantined, counted, and Spark goes on past it.
     let port = free_port();
-    let cfg = config(
+    let cfg = streaming_config(
         d,
         "rate_stream.py",
         &[("TRIGGER_SECONDS", "1".into())],
@@ -314,7 +222,7 @@ fn a_stalled_batch_is_restarted_and_the_stream_progresses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let port = free_port();
-    let cfg = config(
+    let cfg = streaming_config(
         d,
         "stall_stream.py",
         &[

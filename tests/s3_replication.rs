@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::s3::{BUCKET, S3Server};
-use common::spark::{SparkJob, spark_lock};
+use common::spark::SparkJob;
+use common::spark_lock;
 use common::{bin, wait_for};
 use sparkvisor::checkpoint::manifest::{self, ManifestId};
 use sparkvisor::checkpoint::replicate::{ReplicaConfig, Replicator, SyncOutcome};

@@ -485,6 +485,8 @@ impl Replicator {
             let caps = snapshot::commit_caps(&dir)?;
             let files = snapshot::scan(&dir)?;
             let mut sel = snapshot::select_capped(&files, Some(&caps));
+            let source_caps = snapshot::source_caps(&dir, &sel);
+            snapshot::trim_sources(&mut sel, &source_caps);
             for q in &mut sel.queries {
                 q.id = snapshot::read_query_id(&dir, &q.path);
             }

@@ -5,7 +5,14 @@
 //! here); [`select`] decides, purely, which of them belong to the copy of
 //! each query's latest committed batch N:
 //!
-//! - `metadata`, `sources/**` and other non-batch files: always;
+//! - `metadata` and other non-batch files: always;
+//! - `sources/<i>/<n>` (and `<n>.compact`) of a source that records a log
+//!   offset in `offsets/` (the file source's `{"logOffset": n}`): only up to
+//!   the offset in the newest kept `offsets/` entry ([`trim_sources`]);
+//!   other `sources/**` files always. Entries beyond it belong to batches
+//!   the copy does not hold; kept, they would make a restored query plan
+//!   those files differently while a file sink ahead of the copy skips the
+//!   batch ids as already written;
 //! - `commits/K` for K ≤ N; `offsets/K` for K ≤ N + 1 (the batch in flight
 //!   is kept planned, exactly as Spark left it: on restart Spark replays it
 //!   with the same offsets, which sinks that are idempotent per batch id
@@ -14,6 +21,11 @@
 //!   `<V>_<id>.zip|changelog`) for V ≤ N + 1: batch N commits state version
 //!   N + 1, so later versions belong to the batch in flight and are left out;
 //!   other state files (`_metadata/…`, RocksDB `SSTs/…`) always;
+//! - a file sink's commit log inside the query folder
+//!   (`<sink>/_spark_metadata/<n>`, `<n>.compact`) for n ≤ N: the sink's
+//!   batch n is the query's batch n, so sink and checkpoint are restored at
+//!   the same batch and the replayed batches rewrite the sink's entries (its
+//!   data files are kept; readers ignore files the log does not list);
 //! - a `.NAME.crc` checksum file follows its `NAME`.
 //!
 //! Left out everywhere: empty (torn) `offsets`/`commits` files, temporary
@@ -114,6 +126,8 @@ enum Kind {
     Offsets(u64),
     Commit(u64),
     State(u64),
+    /// `…/_spark_metadata/<n>` of a file sink inside the query folder.
+    SinkLog(u64),
     Skip,
 }
 
@@ -159,6 +173,8 @@ fn classify(rel: &str) -> Kind {
         ["offsets"] => batch_number(name).map_or(Kind::Skip, Kind::Offsets),
         ["commits"] => batch_number(name).map_or(Kind::Skip, Kind::Commit),
         ["state", _op, _part] => state_version(name).map_or(Kind::Always, Kind::State),
+        [.., "_spark_metadata"] => batch_number(name.strip_suffix(".compact").unwrap_or(name))
+            .map_or(Kind::Always, Kind::SinkLog),
         _ => Kind::Always,
     }
 }
@@ -254,6 +270,67 @@ pub fn commit_caps(root: &Path) -> io::Result<BTreeMap<String, u64>> {
     Ok(caps)
 }
 
+/// Per query and source index: the source's log offset in the newest kept
+/// `offsets/` entry, for sources that record one (`{"logOffset": n}`).
+pub type SourceCaps = BTreeMap<(String, usize), u64>;
+
+/// Reads the newest kept `offsets/` entry of each query of `sel`.
+pub fn source_caps(root: &Path, sel: &Selection) -> SourceCaps {
+    let mut caps = SourceCaps::new();
+    for q in &sel.queries {
+        let Some(batch) = q.latest_offsets_batch else {
+            continue;
+        };
+        let dir = if q.path.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&q.path)
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join("offsets").join(batch.to_string())) else {
+            continue;
+        };
+        for (i, off) in parse_log_offsets(&text) {
+            caps.insert((q.path.clone(), i), off);
+        }
+    }
+    caps
+}
+
+/// `(source index, logOffset)` from an `offsets/N` file: line 1 is the
+/// version, line 2 the batch metadata, then one line per source.
+pub fn parse_log_offsets(text: &str) -> Vec<(usize, u64)> {
+    text.lines()
+        .skip(2)
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+            Some((i, v.get("logOffset")?.as_u64()?))
+        })
+        .collect()
+}
+
+/// Drops `sources/<i>/<n>[.compact]` (and checksums) beyond `caps`.
+pub fn trim_sources(sel: &mut Selection, caps: &SourceCaps) {
+    let roots: Vec<String> = sel.queries.iter().map(|q| q.path.clone()).collect();
+    sel.files.retain(|f| {
+        let Some((q, rel)) = owner(&roots, &f.path) else {
+            return true;
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        let ["sources", idx, file] = parts.as_slice() else {
+            return true;
+        };
+        let (Ok(idx), name) = (idx.parse::<usize>(), crc_target(file).unwrap_or(file)) else {
+            return true;
+        };
+        let Some(cap) = caps.get(&(q.to_string(), idx)) else {
+            return true;
+        };
+        let n = batch_number(name.strip_suffix(".compact").unwrap_or(name));
+        n.is_none_or(|n| n <= *cap)
+    });
+}
+
 /// [`select`], counting as committed only batches up to `caps[query]`
 /// (from [`commit_caps`]); a query without a cap counts none.
 pub fn select_capped(files: &[LocalFile], caps: Option<&BTreeMap<String, u64>>) -> Selection {
@@ -306,6 +383,7 @@ pub fn select_capped(files: &[LocalFile], caps: Option<&BTreeMap<String, u64>>) 
             Kind::Commit(n) => committed(q).is_some_and(|c| n <= c) && present(&commits, q, n, f),
             Kind::Offsets(n) => n <= limit(q) && present(&offsets, q, n, f),
             Kind::State(v) => committed(q).is_some() && v <= limit(q),
+            Kind::SinkLog(n) => committed(q).is_some_and(|c| n <= c),
         };
         if keep {
             selected.push(f.clone());
@@ -425,6 +503,63 @@ mod tests {
         v.push(f(&format!("{prefix}commits/.3.8c1e.tmp")));
         v.push(f(&format!("{prefix}commits/..3.8c1e.tmp.crc")));
         v
+    }
+
+    #[test]
+    fn a_file_sink_log_inside_the_query_is_cut_at_the_commit() {
+        let files = vec![
+            f("metadata"),
+            f("offsets/0"),
+            f("offsets/1"),
+            f("offsets/2"),
+            f("commits/0"),
+            f("commits/1"),
+            f("out/_spark_metadata/0"),
+            f("out/_spark_metadata/1"),
+            f("out/_spark_metadata/.1.crc"),
+            f("out/_spark_metadata/2"),
+            f("out/part-0001.parquet"),
+        ];
+        let sel = select(&files);
+        let kept = paths(&sel);
+        assert!(
+            kept.contains(&"out/_spark_metadata/1") && kept.contains(&"out/_spark_metadata/.1.crc")
+        );
+        assert!(
+            !kept.contains(&"out/_spark_metadata/2"),
+            "batch 2 is not committed"
+        );
+        assert!(kept.contains(&"out/part-0001.parquet"));
+    }
+
+    #[test]
+    fn file_source_logs_are_trimmed_to_the_kept_offsets() {
+        let files = vec![
+            f("metadata"),
+            f("offsets/0"),
+            f("offsets/1"),
+            f("commits/0"),
+            f("sources/0/0"),
+            f("sources/0/1"),
+            f("sources/0/.1.crc"),
+            f("sources/0/2"),
+            f("sources/0/.2.crc"),
+            f("sources/0/9.compact"),
+            f("sources/1/0"),
+        ];
+        let mut sel = select(&files);
+        let mut caps = SourceCaps::new();
+        caps.insert((String::new(), 0), 1);
+        trim_sources(&mut sel, &caps);
+        let kept: Vec<&str> = sel.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(kept.contains(&"sources/0/1") && kept.contains(&"sources/0/.1.crc"));
+        assert!(!kept.contains(&"sources/0/2") && !kept.contains(&"sources/0/.2.crc"));
+        assert!(!kept.contains(&"sources/0/9.compact"));
+        assert!(kept.contains(&"sources/1/0"), "no cap for source 1: kept");
+        assert_eq!(
+            parse_log_offsets("v1\n{\"batchWatermarkMs\":0}\n{\"logOffset\":7}\n42\n-\n"),
+            vec![(0, 7)]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod child;
 pub mod exit;
 pub mod progress;
 pub mod reaper;
+pub mod replica;
 pub mod signals;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Supervisor {
     last_oom: (Option<u64>, Option<u64>),
     stalls: mpsc::Receiver<progress::Stall>,
     stall_tx: Option<mpsc::Sender<progress::Stall>>,
+    /// Local copies of an app / py-files given as `s3://…`.
+    artifacts: crate::checkpoint::artifacts::LocalArtifacts,
 }
 
 impl Supervisor {
@@ -102,6 +105,7 @@ impl Supervisor {
             last_oom: (None, None),
             stalls,
             stall_tx: Some(stall_tx),
+            artifacts: Default::default(),
         })
     }
 
@@ -126,6 +130,89 @@ impl Supervisor {
                 tx,
             ));
         }
+        if !self.before_first_start().await {
+            shared.update(|s| s.state = Phase::Exited);
+            info!("stop requested before the app started; exiting");
+            return 0;
+        }
+        let replica = match replica::start(shared.clone(), &self.ctx.loaded.config).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start checkpoint replication");
+                return 2;
+            }
+        };
+        let code = self.supervise().await;
+        if let Some(r) = replica {
+            info!("final checkpoint sync to S3");
+            r.finish().await;
+        }
+        code
+    }
+
+    /// Restore from S3 and remote artifacts, retried until done; false when
+    /// a stop was requested meanwhile.
+    async fn before_first_start(&mut self) -> bool {
+        let cfg = self.ctx.loaded.config.clone();
+        let shared = self.ctx.shared.clone();
+        if cfg.checkpoint.s3.uri.is_some() && cfg.checkpoint.s3.restore_on_start {
+            shared.update(|s| s.state = Phase::Restoring);
+            let done = self
+                .retrying("restore of the checkpoint from S3", || {
+                    replica::restore(&shared, &cfg)
+                })
+                .await;
+            if done.is_none() {
+                return false;
+            }
+        }
+        let remote = |p: &str| p.starts_with("s3://");
+        if cfg.spark.app.as_deref().is_some_and(remote)
+            || cfg.spark.py_files.iter().any(|p| remote(p))
+        {
+            match self
+                .retrying("download of the app from S3", || replica::artifacts(&cfg))
+                .await
+            {
+                Some(a) => self.artifacts = a,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Runs `f` until it succeeds, pausing between tries; None when a stop
+    /// is requested first.
+    async fn retrying<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let mut failures = 0;
+        loop {
+            self.ctx.shared.beat();
+            let err = tokio::select! {
+                r = f() => match r {
+                    Ok(v) => return Some(v),
+                    Err(e) => e,
+                },
+                req = self.signals.recv() => match req {
+                    Request::Stop(_) => return None,
+                    Request::Forward(_) => continue,
+                },
+            };
+            failures += 1;
+            let delay = replica::report_retry(what, &err, failures);
+            if !self.wait_backoff(delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// The attempt loop; returns sparkvisor's exit code.
+    async fn supervise(&mut self) -> i32 {
+        let shared = self.ctx.shared.clone();
+        let max_restarts = self.ctx.loaded.config.supervisor.max_restarts;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -218,6 +305,8 @@ impl Supervisor {
     fn plan(&self, attempt: u32) -> Result<LaunchPlan, i32> {
         let opts = LaunchOptions {
             attempt,
+            app_override: self.artifacts.app.clone(),
+            py_files_override: self.artifacts.py_files.clone(),
             ..Default::default()
         };
         let plan = submit::build(

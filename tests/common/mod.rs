@@ -475,3 +475,112 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Runs examples/exactly_once_verify.py over `input` and the file sink at
+/// `output` with the wheel's spark-submit; returns its JSON verdict
+/// (`expected`, `rows`, `distinct`, `ok`, …). Take [`spark_lock`] first.
+pub fn exactly_once_verdict(input: &Path, output: &Path) -> serde_json::Value {
+    let verify = Command::new(spark_home().join("bin/spark-submit"))
+        .args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
+        .arg(repo().join("examples/exactly_once_verify.py"))
+        .arg(input)
+        .arg(output)
+        .env("PYSPARK_PYTHON", python())
+        .env("SPARK_HOME", spark_home())
+        .output()
+        .expect("run exactly_once_verify.py");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no verdict from exactly_once_verify.py ({}): {out}\n{}",
+                verify.status,
+                String::from_utf8_lossy(&verify.stderr)
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(line).expect("the verdict is JSON");
+    assert!(
+        verify.status.success(),
+        "exactly_once_verify.py failed: {v}"
+    );
+    v
+}
+
+/// `DIR/sparkvisor.toml` running `examples/<app>` under sparkvisor with
+/// `env` in `[spark.env]`, the checkpoint in `DIR/checkpoint`, probes on
+/// `port`, quick backoff; `supervisor` and `checkpoint` are extra lines
+/// appended to those sections (a `[checkpoint.s3]` table fits the latter).
+pub fn streaming_config(
+    dir: &Path,
+    app: &str,
+    env: &[(&str, String)],
+    supervisor: &str,
+    checkpoint: &str,
+    port: u16,
+) -> PathBuf {
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    write(
+        dir,
+        "sparkvisor.toml",
+        &format!(
+            r#"
+[spark]
+home = "{home}"
+app = "{app}"
+[spark.conf]
+"spark.sql.shuffle.partitions" = 4
+"spark.ui.showConsoleProgress" = false
+[spark.env]
+PYSPARK_PYTHON = "{python}"
+{env}
+[sizing]
+memory = "3GiB"
+[supervisor]
+backoff_initial = "500ms"
+max_restarts = 20
+runtime_dir = "{d}/run"
+exit_linger = "0s"
+{supervisor}
+[checkpoint]
+dir = "{d}/checkpoint"
+poll_interval = "1s"
+{checkpoint}
+[probes]
+listen = "127.0.0.1:{port}"
+spark_ui = "http://127.0.0.1:{ui}"
+poll_interval = "500ms"
+"#,
+            home = spark_home().display(),
+            app = repo().join("examples").join(app).display(),
+            python = python().display(),
+            d = dir.display(),
+            ui = free_port(),
+        ),
+    )
+}
+
+/// The value of the unlabelled metric `name` in `/metrics` on `port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = get(port, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The numbered entries of a checkpoint log directory (`commits/`, `offsets/`); empty when it is missing.
+pub fn numbered(dir: &Path) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -7,31 +7,10 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::{python, repo, spark_home};
-
-pub const SPARK_LOCK: &str = "/tmp/sparkvisor-spark.lock";
-
-/// Held while a test runs Spark.
-pub struct SparkLock(#[allow(dead_code)] Flock<File>);
-
-/// Waits for the machine-wide Spark lock.
-pub fn spark_lock() -> SparkLock {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(SPARK_LOCK)
-        .expect("open the Spark lock file");
-    SparkLock(
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("lock the Spark lock file"),
-    )
-}
 
 /// A spark-submit process tree.
 pub struct SparkJob {

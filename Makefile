@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
 SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
 
-.PHONY: test demo lint java venv build help
+.PHONY: test demo lint java venv build help s3s-fs
 
 help:
 	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
@@ -30,6 +30,13 @@ $(STAMP): requirements-test.txt
 
 venv: $(STAMP)
 
+# The S3-compatible server the replication tests start (checks signatures,
+# path-style addressing and multipart part sizes).
+s3s-fs:
+	@command -v s3s-fs >/dev/null 2>&1 || test -x "$$HOME/.cargo/bin/s3s-fs" || { \
+	  echo "s3s-fs not found: installing it (S3-compatible test server)"; \
+	  cargo install s3s-fs --version 0.14.1 --features binary --locked; }
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
@@ -43,6 +50,9 @@ demo: java venv build
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  exec ./target/release/sparkvisor run --config config/demo.toml
 
-test: java venv lint
+# `cargo test --all-targets` builds examples as test harnesses only; the
+# tests run the example binaries (checkpoint_sync), so build them first.
+test: java venv s3s-fs lint
+	cargo build --examples
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets -- --test-threads=2

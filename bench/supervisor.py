@@ -67,7 +67,7 @@ def launch_overhead(runs):
     child, cfg = setup(tmp, script)
     variants = {
         "direct": [child],
-        "tini": ["tini", "--", child],
+        "tini": ["tini", "-s", "--", child],
         "sparkvisor": [SV, "run", "--config", cfg],
     }
     results = {k: [] for k in variants}
@@ -99,7 +99,7 @@ def idle(seconds):
     tmp = tempfile.mkdtemp(prefix="sv-bench-")
     child, cfg = setup(tmp, "#!/bin/sh\nexec sleep 100000\n")
     procs = {
-        "tini": subprocess.Popen(["tini", "--", child]),
+        "tini": subprocess.Popen(["tini", "-s", "--", child]),
         "sparkvisor": subprocess.Popen([SV, "run", "--config", cfg], stderr=subprocess.DEVNULL),
     }
     time.sleep(seconds)  # the measured period itself, not synchronisation

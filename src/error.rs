@@ -25,6 +25,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Runtime(String),
+    /// Bad command-line input (a path that is not a checkpoint, …): exit 2.
+    #[error("{0}")]
+    Usage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Cgroup(_) | Error::Sizing(_) => 2,
+            Error::Usage(_) => 2,
             _ => 1,
         }
     }

@@ -155,14 +155,17 @@ pub async fn poll_spark(shared: Arc<Shared>, spark_ui: String, every: Duration) 
             }
             continue;
         }
-        let result = tokio::time::timeout(
-            SPARK_TIMEOUT,
-            get_status(&host, port, "/api/v1/applications"),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(SPARK_TIMEOUT, http_get(&host, port, "/api/v1/applications"))
+                .await;
         let (ok, err) = match result {
-            Ok(Ok(200)) => (true, None),
-            Ok(Ok(code)) => (false, Some(format!("HTTP {code}"))),
+            Ok(Ok((200, body))) => {
+                if let Some(id) = first_app_id(&body) {
+                    shared.set_spark_app_id(id);
+                }
+                (true, None)
+            }
+            Ok(Ok((code, _))) => (false, Some(format!("HTTP {code}"))),
             Ok(Err(e)) => (false, Some(e.to_string())),
             Err(_) => (
                 false,
@@ -181,23 +184,36 @@ pub async fn poll_spark(shared: Arc<Shared>, spark_ui: String, every: Duration) 
     }
 }
 
-/// A minimal HTTP/1.1 GET returning the status code.
-async fn get_status(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
+/// Largest response read from Spark's REST API.
+const MAX_SPARK_BODY: u64 = 256 * 1024;
+
+/// A minimal HTTP/1.1 GET (`Connection: close`): the status code and body.
+async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect((host, port)).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let m = s.read(&mut buf[n..]).await?;
-        if m == 0 {
-            break;
-        }
-        n += m;
-    }
-    parse_status_line(&buf[..n]).ok_or_else(|| std::io::Error::other("not an HTTP response"))
+    let mut buf = Vec::new();
+    (&mut s).take(MAX_SPARK_BODY).read_to_end(&mut buf).await?;
+    let code =
+        parse_status_line(&buf).ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The id of the first application in `/api/v1/applications` (a JSON
+/// array; chunked framing is tolerated by parsing from the first `[` to the
+/// last `]`).
+fn first_app_id(body: &str) -> Option<String> {
+    let start = body.find('[')?;
+    let end = body.rfind(']')?;
+    let apps: serde_json::Value = serde_json::from_str(body.get(start..=end)?).ok()?;
+    apps.get(0)?.get("id")?.as_str().map(str::to_string)
 }
 
 fn parse_status_line(bytes: &[u8]) -> Option<u16> {
@@ -213,6 +229,18 @@ fn parse_status_line(bytes: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_ids() {
+        let body = r#"[ {"id" : "local-1795218955", "name" : "rate-stream", "attempts" : []} ]"#;
+        assert_eq!(first_app_id(body).as_deref(), Some("local-1795218955"));
+        assert_eq!(first_app_id("[]"), None);
+        assert_eq!(first_app_id("<html>"), None);
+        assert_eq!(
+            first_app_id("5a\r\n[{\"id\":\"app-1\"}]\r\n0\r\n"),
+            Some("app-1".into())
+        );
+    }
 
     #[test]
     fn status_lines() {

@@ -3,11 +3,13 @@
 //! See ARCHITECTURE.md for the map of modules and the data flow.
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod jvm;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod preflight;

@@ -34,6 +34,37 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Inspect or restore a Structured Streaming checkpoint.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Restore the newest consistent copy from S3 into a new or empty directory.
+    Restore {
+        /// The replica, as in checkpoint.s3.uri.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        from: String,
+        /// The directory to create (or an empty one).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Per query (local folder or s3://BUCKET/PREFIX): latest planned and committed batch, last commit, batch in flight, torn files.
+    Inspect {
+        /// The checkpoint root (one query, or one per subfolder).
+        #[arg(value_name = "DIR")]
+        location: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// For s3:// locations: connection settings ([checkpoint.s3]).
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +87,15 @@ struct ConfigArgs {
 enum Format {
     Text,
     Json,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => OutputFormat::Text,
+            Format::Json => OutputFormat::Json,
+        }
+    }
 }
 
 impl ConfigArgs {
@@ -86,6 +126,25 @@ fn main() -> ExitCode {
             })
         }
         Command::Run { config } => commands::run(&config.overrides()),
+        Command::Checkpoint {
+            command:
+                CheckpointCommand::Inspect {
+                    location,
+                    format,
+                    config,
+                },
+        } => {
+            commands::checkpoint_inspect(&config.overrides(), &location, format.into()).map(|out| {
+                print!("{out}");
+                0
+            })
+        }
+        Command::Checkpoint {
+            command: CheckpointCommand::Restore { from, to, config },
+        } => commands::restore(&config.overrides(), &from, &to).map(|out| {
+            print!("{out}");
+            0
+        }),
         Command::Version => {
             println!("{}", commands::version());
             Ok(0)

@@ -69,6 +69,8 @@ pub struct Status {
     pub pid: Option<i32>,
     pub attempt: u32,
     pub started_at_unix: Option<f64>,
+    /// When Spark's REST API first answered in this attempt.
+    pub spark_up_since_unix: Option<f64>,
     pub restarts_in_window: u32,
     pub max_restarts: u32,
     pub next_restart_in_seconds: Option<f64>,
@@ -86,6 +88,8 @@ pub struct SparkUi {
     pub url: String,
     pub ok: bool,
     pub last_error: Option<String>,
+    /// The running application's id (`spark-…` / `app-…`), from the REST API.
+    pub app_id: Option<String>,
 }
 
 impl Status {
@@ -95,6 +99,7 @@ impl Status {
             pid: None,
             attempt: 0,
             started_at_unix: None,
+            spark_up_since_unix: None,
             restarts_in_window: 0,
             max_restarts: 0,
             next_restart_in_seconds: None,
@@ -164,7 +169,22 @@ impl Shared {
         self.update(|s| {
             s.spark_ui.ok = ok;
             s.spark_ui.last_error = error;
+            if ok && s.state == Phase::Running && s.spark_up_since_unix.is_none() {
+                s.spark_up_since_unix = Some(unix_now());
+            }
         });
+    }
+
+    /// Records the application id Spark reported.
+    pub fn set_spark_app_id(&self, id: String) {
+        self.update(|s| s.spark_ui.app_id = Some(id));
+    }
+
+    /// Takes the last known application id (the attempt that just ended).
+    pub fn take_spark_app_id(&self) -> Option<String> {
+        let mut id = None;
+        self.update(|s| id = s.spark_ui.app_id.take());
+        id
     }
 
     /// Liveness: Ok while the supervisor works (app running, starting,

@@ -393,6 +393,14 @@ fn assert_invariants(r: &Rendered) -> Loaded {
         c["workingDir"].as_str().unwrap().into(),
     ];
     writable.extend(cfg.checkpoint.dir.clone());
+    if cfg.checkpoint.dir.is_some() {
+        writable.push(
+            cfg.checkpoint
+                .quarantine_dir
+                .clone()
+                .expect("the chart sets checkpoint.quarantine_dir beside checkpoint.dir"),
+        );
+    }
     if cfg.jvm.cds == sparkvisor::config::CdsMode::Auto {
         writable.push(
             cfg.jvm
@@ -501,6 +509,11 @@ fn default_values_render_local_mode_with_the_binarys_defaults() {
             json!("/etc/sparkvisor/spark-defaults.conf"),
         ),
         ("checkpoint", "dir", json!("/var/lib/sparkvisor/checkpoint")),
+        (
+            "checkpoint",
+            "quarantine_dir",
+            json!("/var/lib/sparkvisor/checkpoint.quarantine"),
+        ),
         (
             "jvm",
             "archive_dir",

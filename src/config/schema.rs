@@ -242,6 +242,8 @@ pub struct CheckpointConfig {
     pub stall_timeout: HumanDuration,
     /// Repair torn trailing log files before each start.
     pub repair: bool,
+    /// Where repair moves torn files; default `<dir>.quarantine` beside `dir`.
+    pub quarantine_dir: Option<PathBuf>,
     /// How often progress is read from the checkpoint.
     pub poll_interval: HumanDuration,
     pub s3: S3Config,
@@ -253,6 +255,7 @@ impl Default for CheckpointConfig {
             dir: None,
             stall_timeout: HumanDuration::secs(600),
             repair: true,
+            quarantine_dir: None,
             poll_interval: HumanDuration::secs(5),
             s3: S3Config::default(),
         }
@@ -288,7 +291,7 @@ impl Default for S3Config {
             restore_on_start: true,
             retain_batches: 10,
             final_sync_timeout: HumanDuration::secs(20),
-            concurrency: 16,
+            concurrency: 64,
         }
     }
 }

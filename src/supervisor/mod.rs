@@ -14,7 +14,9 @@
 pub mod backoff;
 pub mod child;
 pub mod exit;
+pub mod progress;
 pub mod reaper;
+pub mod replica;
 pub mod signals;
 
 use std::sync::Arc;
@@ -22,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::{Loaded, Resolved, RestartPolicy};
+use crate::config::{Loaded, Master, Resolved, RestartPolicy};
+use crate::kube;
 use crate::state::{LastExit, Phase, Shared, unix_now};
 use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
 use backoff::{Backoff, Budget};
@@ -50,8 +53,13 @@ pub struct RunContext {
 struct Ended {
     term: Termination,
     stop_requested: bool,
+    killed_for_stall: bool,
     runtime: Duration,
 }
+
+/// After a stall, the JVM gets this long to print its thread dump (SIGQUIT)
+/// before the attempt is killed.
+const STALL_DUMP_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Supervisor {
     ctx: RunContext,
@@ -62,6 +70,10 @@ pub struct Supervisor {
     stop_signal: Signal,
     /// OOM-kill counters before and after the last attempt.
     last_oom: (Option<u64>, Option<u64>),
+    stalls: mpsc::Receiver<progress::Stall>,
+    stall_tx: Option<mpsc::Sender<progress::Stall>>,
+    /// Local copies of an app / py-files given as `s3://…`.
+    artifacts: crate::checkpoint::artifacts::LocalArtifacts,
 }
 
 impl Supervisor {
@@ -84,6 +96,7 @@ impl Supervisor {
         );
         let budget = Budget::new(sup.max_restarts, sup.restart_window.get());
         let stop_signal = ctx.resolved.stop_signal;
+        let (stall_tx, stalls) = mpsc::channel(16);
         Ok(Supervisor {
             ctx,
             reaper,
@@ -92,6 +105,9 @@ impl Supervisor {
             budget,
             stop_signal,
             last_oom: (None, None),
+            stalls,
+            stall_tx: Some(stall_tx),
+            artifacts: Default::default(),
         })
     }
 
@@ -109,9 +125,100 @@ impl Supervisor {
             s.spark_ui.url = self.ctx.loaded.config.probes.spark_ui.clone();
         });
         shared.beat();
+        if let Some(tx) = self.stall_tx.take() {
+            tokio::spawn(progress::watch(
+                shared.clone(),
+                self.ctx.loaded.config.checkpoint.clone(),
+                tx,
+            ));
+        }
+        if !self.before_first_start().await {
+            shared.update(|s| s.state = Phase::Exited);
+            info!("stop requested before the app started; exiting");
+            return 0;
+        }
+        let replica = match replica::start(shared.clone(), &self.ctx.loaded.config).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start checkpoint replication");
+                return 2;
+            }
+        };
+        let code = self.supervise().await;
+        if let Some(r) = replica {
+            info!("final checkpoint sync to S3");
+            r.finish().await;
+        }
+        code
+    }
+
+    /// Restore from S3 and remote artifacts, retried until done; false when
+    /// a stop was requested meanwhile.
+    async fn before_first_start(&mut self) -> bool {
+        let cfg = self.ctx.loaded.config.clone();
+        let shared = self.ctx.shared.clone();
+        if cfg.checkpoint.s3.uri.is_some() && cfg.checkpoint.s3.restore_on_start {
+            shared.update(|s| s.state = Phase::Restoring);
+            let done = self
+                .retrying("restore of the checkpoint from S3", || {
+                    replica::restore(&shared, &cfg)
+                })
+                .await;
+            if done.is_none() {
+                return false;
+            }
+        }
+        let remote = |p: &str| p.starts_with("s3://");
+        if cfg.spark.app.as_deref().is_some_and(remote)
+            || cfg.spark.py_files.iter().any(|p| remote(p))
+        {
+            match self
+                .retrying("download of the app from S3", || replica::artifacts(&cfg))
+                .await
+            {
+                Some(a) => self.artifacts = a,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Runs `f` until it succeeds, pausing between tries; None when a stop
+    /// is requested first.
+    async fn retrying<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let mut failures = 0;
+        loop {
+            self.ctx.shared.beat();
+            let err = tokio::select! {
+                r = f() => match r {
+                    Ok(v) => return Some(v),
+                    Err(e) => e,
+                },
+                req = self.signals.recv() => match req {
+                    Request::Stop(_) => return None,
+                    Request::Forward(_) => continue,
+                },
+            };
+            failures += 1;
+            let delay = replica::report_retry(what, &err, failures);
+            if !self.wait_backoff(delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// The attempt loop; returns sparkvisor's exit code.
+    async fn supervise(&mut self) -> i32 {
+        let shared = self.ctx.shared.clone();
+        let max_restarts = self.ctx.loaded.config.supervisor.max_restarts;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            progress::prepare(&shared, &self.ctx.loaded.config.checkpoint).await;
             let plan = match self.plan(attempt) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -121,6 +228,7 @@ impl Supervisor {
                 None => Ended {
                     term: Termination::Exited(127),
                     stop_requested: false,
+                    killed_for_stall: false,
                     runtime: Duration::ZERO,
                 },
             };
@@ -170,6 +278,7 @@ impl Supervisor {
                 let code = ended.term.code();
                 return if code == 0 { 1 } else { code };
             }
+            self.delete_old_executors().await;
             let delay = self.backoff.next_delay(ended.runtime, fastrand::f64());
             self.budget.record(now);
             let used = self.budget.used(now);
@@ -202,7 +311,8 @@ impl Supervisor {
         let opts = LaunchOptions {
             attempt,
             extra_driver_java_options: self.ctx.cds.before_start(attempt, &self.ctx.shared),
-            ..Default::default()
+            app_override: self.artifacts.app.clone(),
+            py_files_override: self.artifacts.py_files.clone(),
         };
         let plan = submit::build(
             &self.ctx.loaded,
@@ -261,11 +371,13 @@ impl Supervisor {
             s.pid = Some(pid.as_raw());
             s.attempt = plan.attempt;
             s.started_at_unix = Some(unix_now());
+            s.spark_up_since_unix = None;
             s.next_restart_in_seconds = None;
         });
         info!(pid = pid.as_raw(), attempt = plan.attempt, argv = ?plan.display_argv(), "started spark-submit");
 
-        let (term, stop_requested) = self.wait_child(pid, exit_rx).await;
+        let (term, stop_requested, killed_for_stall) =
+            self.wait_child(pid, plan.attempt, exit_rx).await;
         shared.metrics.child_up.set(0);
         let runtime = started.elapsed();
         let oom_after = self.ctx.system.limits.oom_kills();
@@ -273,21 +385,25 @@ impl Supervisor {
         Some(Ended {
             term,
             stop_requested,
+            killed_for_stall,
             runtime,
         })
     }
 
-    /// Waits for `pid` to end. Forwards signals; TERM/INT start the graceful
-    /// stop (stop signal now, SIGKILL at the grace deadline, or at once on a
-    /// second TERM/INT).
+    /// Waits for `pid` to end; returns (how, stop requested, killed for a
+    /// stall). Forwards signals; TERM/INT start the graceful stop (stop
+    /// signal now, SIGKILL at the grace deadline, or at once on a second
+    /// TERM/INT); a stall gets a thread dump (SIGQUIT), then the kill.
     async fn wait_child(
         &mut self,
         pid: Pid,
+        attempt: u32,
         mut exit_rx: oneshot::Receiver<Termination>,
-    ) -> (Termination, bool) {
+    ) -> (Termination, bool, bool) {
         let shared = self.ctx.shared.clone();
         let grace = self.ctx.loaded.config.supervisor.stop_grace.get();
         let mut stop_requested = false;
+        let mut stalled = false;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -297,7 +413,23 @@ impl Supervisor {
                     // reaped; a closed channel cannot happen, but if it did the
                     // process is gone without a status.
                     let term = t.unwrap_or(Termination::Signaled(Signal::SIGKILL as i32));
-                    return (term, stop_requested);
+                    return (term, stop_requested, stalled);
+                }
+                Some(stall) = self.stalls.recv() => {
+                    if stall.attempt != attempt || stop_requested || stalled {
+                        continue;
+                    }
+                    stalled = true;
+                    let timeout = self.ctx.loaded.config.checkpoint.stall_timeout;
+                    error!(
+                        query = %stall.query,
+                        batch = stall.batch,
+                        age_s = stall.age.as_secs(),
+                        stall_timeout = %timeout,
+                        "stall: a batch was planned but not committed within checkpoint.stall_timeout; restarting the app (thread dump first)"
+                    );
+                    let _ = child::signal(pid, Signal::SIGQUIT);
+                    deadline = Some(tokio::time::Instant::now() + STALL_DUMP_WAIT);
                 }
                 req = self.signals.recv() => match req {
                     Request::Forward(sig) => {
@@ -327,7 +459,9 @@ impl Supervisor {
                     }
                 },
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");
+                    if !stalled || stop_requested {
+                        warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");
+                    }
                     child::kill_tree(Some(pid));
                     deadline = None;
                 }
@@ -367,7 +501,7 @@ impl Supervisor {
             ended.term,
             exit::Context {
                 stop_requested: ended.stop_requested,
-                killed_for_stall: false,
+                killed_for_stall: ended.killed_for_stall,
                 oom_kills_before: before,
                 oom_kills_after: after,
             },
@@ -413,6 +547,60 @@ impl Supervisor {
             ),
         }
         class
+    }
+
+    /// Client mode on Kubernetes: deletes the executor pods of the attempt
+    /// that just ended, so none linger beside the next driver's. Failures
+    /// are logged; those executors stop on their own when they lose the
+    /// driver, and are deleted with the pod (owner references).
+    async fn delete_old_executors(&self) {
+        let app_id = self.ctx.shared.take_spark_app_id();
+        let Some(client) = &self.ctx.resolved.client else {
+            return;
+        };
+        if !matches!(client.master.value, Master::Kubernetes(_))
+            || !self
+                .ctx
+                .loaded
+                .config
+                .spark
+                .client
+                .delete_executors_on_restart
+        {
+            return;
+        }
+        let Some(app_id) = app_id else {
+            warn!(
+                "the previous attempt's application id is unknown (Spark's REST API never answered); its executors stop when they lose the driver"
+            );
+            return;
+        };
+        let namespace = client
+            .namespace
+            .as_ref()
+            .map_or("default", |n| n.value.as_str());
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let api = match kube::InCluster::from_env(
+            &env,
+            std::path::Path::new(kube::SERVICE_ACCOUNT_DIR),
+        ) {
+            Ok(api) => api,
+            Err(e) => {
+                warn!(error = %e, app_id, "cannot delete the previous attempt's executor pods; they stop when they lose the driver and go with this pod");
+                return;
+            }
+        };
+        match api.delete_executor_pods(namespace, &app_id).await {
+            Ok(n) => info!(
+                app_id,
+                namespace,
+                deleted = n,
+                "deleted the previous attempt's executor pods"
+            ),
+            Err(e) => {
+                warn!(error = %e, app_id, namespace, "cannot delete the previous attempt's executor pods; they stop when they lose the driver and go with this pod")
+            }
+        }
     }
 
     /// Sleeps for the backoff delay; false when a stop was requested.

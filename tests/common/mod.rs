@@ -3,6 +3,9 @@
 //! sparkvisor as a real process.
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod spark;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -110,21 +113,144 @@ pub fn script_spark_home(dir: &Path, script: &str) -> PathBuf {
     home
 }
 
-/// Holds the machine-wide Spark lock: one Spark app at a time on these
-/// 2-core machines (across test binaries and anything else that takes it).
-pub struct SparkLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+/// Path of the machine-wide lock that serialises everything running Spark.
+pub const SPARK_LOCK: &str = "/tmp/sparkvisor-spark.lock";
 
-pub fn spark_lock() -> SparkLock {
-    let f = std::fs::OpenOptions::new()
+/// Holds the machine-wide Spark lock (flock(2) on [`SPARK_LOCK`], the same
+/// lock `flock /tmp/sparkvisor-spark.lock …` takes) until dropped: only one
+/// Spark runs at a time, across tests and other users of the machine.
+pub fn spark_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/tmp/sparkvisor-spark.lock")
-        .expect("open /tmp/sparkvisor-spark.lock");
-    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock /tmp/sparkvisor-spark.lock");
-    SparkLock(lock)
+        .open(SPARK_LOCK)
+        .unwrap_or_else(|e| panic!("open {SPARK_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"))
+}
+
+/// A plain `spark-submit` of a PySpark app from `examples/` (not under
+/// sparkvisor), in its own process group, output in a log file. Dropping it
+/// kills the whole group. Take [`spark_lock`] first.
+pub struct SparkSubmit {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl SparkSubmit {
+    /// Starts `examples/<app>` in local mode with `env` (plus SPARK_HOME and
+    /// PYSPARK_PYTHON of the project venv; the Spark UI is off).
+    pub fn start(app: &str, env: &[(&str, &str)], log: &Path) -> SparkSubmit {
+        Self::start_with_args(app, &[], env, log)
+    }
+
+    /// Like [`SparkSubmit::start`], with arguments for the app.
+    pub fn start_with_args(
+        app: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> SparkSubmit {
+        use std::os::unix::process::CommandExt;
+        let home = spark_home();
+        let out = std::fs::File::create(log).expect("create the Spark log");
+        let err = out.try_clone().expect("clone the log handle");
+        let mut cmd = Command::new(home.join("bin/spark-submit"));
+        cmd.args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
+            .arg(repo().join("examples").join(app))
+            .args(args)
+            .env("SPARK_HOME", &home)
+            .env("PYSPARK_PYTHON", python())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start spark-submit");
+        SparkSubmit {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Sends `sig` to the whole process group (JVM and Python workers).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits for spark-submit to exit, failing after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for(
+            &format!("spark-submit to exit (log {})", log.display()),
+            timeout,
+            || child.try_wait().expect("wait for spark-submit"),
+        )
+    }
+
+    /// SIGKILLs the group and reaps spark-submit; returns once it is gone.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        // Python workers and the JVM were in the same group: wait until
+        // every one of them has gone, so the next run owns the checkpoint.
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        wait_for(
+            "the Spark process group to exit",
+            Duration::from_secs(60),
+            || match nix::sys::signal::killpg(pgid, None) {
+                Err(nix::errno::Errno::ESRCH) => Some(()),
+                _ => None,
+            },
+        );
+    }
+
+    /// Polls `f` like [`wait_for`], failing at once (with the log) if
+    /// spark-submit exits meanwhile.
+    pub fn wait_while_running<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for(what, timeout, || {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            if let Some(status) = child.try_wait().expect("wait for spark-submit") {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(40).collect();
+                let tail: Vec<_> = tail.into_iter().rev().collect();
+                panic!(
+                    "spark-submit exited ({status}) while waiting for {what}; log {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+            None
+        })
+    }
+
+    /// The last `n` lines of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for SparkSubmit {
+    fn drop(&mut self) {
+        // Never panics (it may run while a failed test unwinds).
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
 }
 
 /// A TCP port that was free a moment ago.
@@ -136,10 +262,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.1 request; (status, body), or None when nothing answers.
+/// A plain HTTP/1.1 request to loopback; (status, body), or None when nothing answers.
 pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    http_at("127.0.0.1", method, port, path)
+}
+
+/// A plain HTTP/1.1 request to `host:port`.
+pub fn http_at(host: &str, method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let addr: std::net::SocketAddr = format!("{host}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut buf = Vec::new();
@@ -218,6 +350,8 @@ pub fn send(pid: i32, sig: nix::sys::signal::Signal) {
 /// everything it started when dropped.
 pub struct Running {
     pub child: std::process::Child,
+    /// Where its HTTP server is reached (loopback unless in another netns).
+    pub host: String,
     /// Host pid of the sparkvisor process itself (found lazily inside a
     /// PID namespace: see `pid()`).
     pid: Option<i32>,
@@ -228,15 +362,33 @@ pub struct Running {
 impl Running {
     /// Starts `sparkvisor run --config CONFIG` with stderr/stdout to a log file.
     pub fn start(config: &Path, port: u16, pid_namespace: bool, env: &[(&str, &str)]) -> Running {
-        let log = config.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = if pid_namespace {
+        let cmd = if pid_namespace {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount-proc"]).arg(bin());
             c
         } else {
             Command::new(bin())
         };
+        Self::start_cmd(cmd, pid_namespace, config, port, env)
+    }
+
+    /// Starts sparkvisor inside the network namespace `netns` (`ip netns exec`
+    /// execs it, so the pid is sparkvisor's own).
+    pub fn start_in_netns(netns: &str, config: &Path, port: u16, env: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin());
+        Self::start_cmd(cmd, false, config, port, env)
+    }
+
+    fn start_cmd(
+        mut cmd: Command,
+        pid_namespace: bool,
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Running {
+        let log = config.with_extension("log");
+        let out = std::fs::File::create(&log).unwrap();
         cmd.arg("run").arg("--config").arg(config);
         for (k, _) in std::env::vars() {
             if k.starts_with("SPARKVISOR_") {
@@ -251,6 +403,7 @@ impl Running {
         let pid = (!pid_namespace).then_some(child.id() as i32);
         Running {
             child,
+            host: "127.0.0.1".into(),
             pid,
             port,
             log,
@@ -296,7 +449,10 @@ impl Running {
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
-        status(self.port)
+        let (code, body) = http_at(&self.host, "GET", self.port, "/status")?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// Waits until /status satisfies `pred`, and returns it.
@@ -318,4 +474,113 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs examples/exactly_once_verify.py over `input` and the file sink at
+/// `output` with the wheel's spark-submit; returns its JSON verdict
+/// (`expected`, `rows`, `distinct`, `ok`, …). Take [`spark_lock`] first.
+pub fn exactly_once_verdict(input: &Path, output: &Path) -> serde_json::Value {
+    let verify = Command::new(spark_home().join("bin/spark-submit"))
+        .args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
+        .arg(repo().join("examples/exactly_once_verify.py"))
+        .arg(input)
+        .arg(output)
+        .env("PYSPARK_PYTHON", python())
+        .env("SPARK_HOME", spark_home())
+        .output()
+        .expect("run exactly_once_verify.py");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no verdict from exactly_once_verify.py ({}): {out}\n{}",
+                verify.status,
+                String::from_utf8_lossy(&verify.stderr)
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(line).expect("the verdict is JSON");
+    assert!(
+        verify.status.success(),
+        "exactly_once_verify.py failed: {v}"
+    );
+    v
+}
+
+/// `DIR/sparkvisor.toml` running `examples/<app>` under sparkvisor with
+/// `env` in `[spark.env]`, the checkpoint in `DIR/checkpoint`, probes on
+/// `port`, quick backoff; `supervisor` and `checkpoint` are extra lines
+/// appended to those sections (a `[checkpoint.s3]` table fits the latter).
+pub fn streaming_config(
+    dir: &Path,
+    app: &str,
+    env: &[(&str, String)],
+    supervisor: &str,
+    checkpoint: &str,
+    port: u16,
+) -> PathBuf {
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    write(
+        dir,
+        "sparkvisor.toml",
+        &format!(
+            r#"
+[spark]
+home = "{home}"
+app = "{app}"
+[spark.conf]
+"spark.sql.shuffle.partitions" = 4
+"spark.ui.showConsoleProgress" = false
+[spark.env]
+PYSPARK_PYTHON = "{python}"
+{env}
+[sizing]
+memory = "3GiB"
+[supervisor]
+backoff_initial = "500ms"
+max_restarts = 20
+runtime_dir = "{d}/run"
+exit_linger = "0s"
+{supervisor}
+[checkpoint]
+dir = "{d}/checkpoint"
+poll_interval = "1s"
+{checkpoint}
+[probes]
+listen = "127.0.0.1:{port}"
+spark_ui = "http://127.0.0.1:{ui}"
+poll_interval = "500ms"
+"#,
+            home = spark_home().display(),
+            app = repo().join("examples").join(app).display(),
+            python = python().display(),
+            d = dir.display(),
+            ui = free_port(),
+        ),
+    )
+}
+
+/// The value of the unlabelled metric `name` in `/metrics` on `port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = get(port, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The numbered entries of a checkpoint log directory (`commits/`, `offsets/`); empty when it is missing.
+pub fn numbered(dir: &Path) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

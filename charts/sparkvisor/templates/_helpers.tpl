@@ -147,6 +147,9 @@ The configuration sparkvisor gets: `config` plus what the chart derives
 {{- if and $cfg.checkpoint.s3.uri (not $cfg.checkpoint.dir) -}}
 {{- fail "config.checkpoint.s3.uri is set but config.checkpoint.dir is not: replication needs the local checkpoint directory" -}}
 {{- end -}}
+{{- if and $cfg.checkpoint.dir (not $cfg.checkpoint.quarantine_dir) -}}
+{{- $_ := set $cfg.checkpoint "quarantine_dir" (printf "%s.quarantine" (trimSuffix "/" (toString $cfg.checkpoint.dir))) -}}
+{{- end -}}
 {{- if not $cfg.spark.properties_file -}}
 {{- $_ := set $cfg.spark "properties_file" (include "sparkvisor.sparkDefaultsPath" .) -}}
 {{- else if .Values.sparkDefaults -}}

@@ -1,0 +1,432 @@
+//! The replica's object layout and manifest format, and the pure decisions
+//! made from manifests (which one is newest, what garbage collection may
+//! delete).
+//!
+//! Layout under `s3://BUCKET/PREFIX/`:
+//!
+//! ```text
+//! objects/<sha256>                       one object per distinct file content
+//! manifests/<generation:020>-<writer>.json
+//! ```
+//!
+//! Invariants:
+//! - Objects are content-addressed and never rewritten with different bytes:
+//!   an object referenced by a retained manifest is never overwritten or
+//!   deleted, so every retained manifest stays restorable.
+//! - A manifest is written once, after every object it references, and is
+//!   the only commit point: a replica state exists when its manifest exists.
+//! - Generations only grow; the newest manifest is the one with the highest
+//!   (generation, writer). The writer id keeps two writers from ever writing
+//!   the same manifest key.
+//! - File paths in a manifest are relative, `/`-separated, without `.`/`..`
+//!   components ([`Manifest::validate`] refuses anything else), so a restore
+//!   can never write outside its target directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// The `format` field of every manifest this version writes and reads.
+pub const FORMAT: &str = "sparkvisor-checkpoint-manifest/1";
+
+/// One file of the checkpoint as it is in the replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the checkpoint root, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content; also the object's name.
+    pub sha256: String,
+    /// Modification time of the local file, restored with it.
+    pub mtime_unix_ms: i64,
+}
+
+/// Progress of one query at the time the manifest was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryEntry {
+    /// The query's folder relative to the checkpoint root (`""`: the root).
+    pub path: String,
+    /// The query id from its `metadata` file.
+    pub id: Option<String>,
+    /// The latest batch whose `commits/N` is in the manifest.
+    pub latest_committed_batch: Option<u64>,
+    /// The latest `offsets/N` in the manifest (committed + 1 when a batch
+    /// was in flight).
+    pub latest_offsets_batch: Option<u64>,
+    pub last_commit_unix_ms: Option<i64>,
+    /// A batch planned but not committed when the manifest was taken.
+    pub inflight_batch: Option<u64>,
+    pub inflight_since_unix_ms: Option<i64>,
+}
+
+/// A consistent copy of the checkpoint: what a restore writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub generation: u64,
+    pub writer: String,
+    pub created_unix_ms: i64,
+    pub queries: Vec<QueryEntry>,
+    pub files: Vec<FileEntry>,
+}
+
+/// A manifest's name: what its key encodes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ManifestId {
+    pub generation: u64,
+    pub writer: String,
+}
+
+impl ManifestId {
+    /// The object key of this manifest under `prefix`.
+    pub fn key(&self, prefix: &str) -> String {
+        join(
+            prefix,
+            &format!("manifests/{:020}-{}.json", self.generation, self.writer),
+        )
+    }
+
+    /// Parses a key listed under [`manifests_prefix`]; `None` for anything
+    /// that is not a manifest name.
+    pub fn parse_key(prefix: &str, key: &str) -> Option<ManifestId> {
+        let dir = manifests_prefix(prefix);
+        let name = key.strip_prefix(&dir)?.strip_suffix(".json")?;
+        let (generation, writer) = name.split_once('-')?;
+        if generation.len() != 20 || !generation.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        Some(ManifestId {
+            generation: generation.parse().ok()?,
+            writer: writer.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ManifestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:020}-{}", self.generation, self.writer)
+    }
+}
+
+/// `PREFIX/manifests/`: the only listing sparkvisor ever does.
+pub fn manifests_prefix(prefix: &str) -> String {
+    join(prefix, "manifests/")
+}
+
+/// The object key holding content `sha256`.
+pub fn object_key(prefix: &str, sha256: &str) -> String {
+    join(prefix, &format!("objects/{sha256}"))
+}
+
+fn join(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
+
+/// Newest first: the order in which restore tries manifests.
+pub fn newest_first(mut ids: Vec<ManifestId>) -> Vec<ManifestId> {
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+/// Why a manifest cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a manifest: {0}")]
+    Parse(String),
+    #[error("unsupported manifest format {0:?} (this version reads {FORMAT:?})")]
+    Format(String),
+    #[error("manifest names generation {found} but its key says {expected}")]
+    Generation { expected: u64, found: u64 },
+    #[error("unsafe or malformed file path {0:?}")]
+    Path(String),
+    #[error("file {path:?} has a malformed sha256 {sha256:?}")]
+    Checksum { path: String, sha256: String },
+    #[error("file {0:?} is listed twice")]
+    Duplicate(String),
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and integers cannot fail.
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses and validates a manifest read from `id`'s key.
+    pub fn from_json(bytes: &[u8], id: &ManifestId) -> Result<Manifest, ManifestError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        if m.generation != id.generation {
+            return Err(ManifestError::Generation {
+                expected: id.generation,
+                found: m.generation,
+            });
+        }
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks everything a restore relies on: format, safe relative paths,
+    /// well-formed checksums, no path listed twice.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format != FORMAT {
+            return Err(ManifestError::Format(self.format.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        for f in &self.files {
+            if !is_safe_relative_path(&f.path) {
+                return Err(ManifestError::Path(f.path.clone()));
+            }
+            if !is_sha256_hex(&f.sha256) {
+                return Err(ManifestError::Checksum {
+                    path: f.path.clone(),
+                    sha256: f.sha256.clone(),
+                });
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(ManifestError::Duplicate(f.path.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> ManifestId {
+        ManifestId {
+            generation: self.generation,
+            writer: self.writer.clone(),
+        }
+    }
+
+    /// Distinct contents referenced.
+    pub fn objects(&self) -> BTreeSet<&str> {
+        self.files.iter().map(|f| f.sha256.as_str()).collect()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// True when `self` and `other` describe the same checkpoint state
+    /// (the same files with the same contents and the same progress), so
+    /// publishing `self` after `other` would add nothing.
+    pub fn same_state(&self, other: &Manifest) -> bool {
+        let files = |m: &Manifest| -> BTreeMap<String, (u64, String)> {
+            m.files
+                .iter()
+                .map(|f| (f.path.clone(), (f.size, f.sha256.clone())))
+                .collect()
+        };
+        self.queries == other.queries && files(self) == files(other)
+    }
+
+    /// Per query: (path, latest committed batch).
+    pub fn committed_batches(&self) -> Vec<(String, Option<u64>)> {
+        self.queries
+            .iter()
+            .map(|q| (q.path.clone(), q.latest_committed_batch))
+            .collect()
+    }
+}
+
+/// Relative, `/`-separated, no empty, `.` or `..` components, no NUL.
+pub fn is_safe_relative_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.contains('\0')
+        && !p.contains('\\')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Objects that may be deleted once `superseded` manifests are dropped:
+/// those they reference that no `retained` manifest references.
+pub fn gc_objects<'a>(
+    retained: impl IntoIterator<Item = &'a Manifest>,
+    superseded: impl IntoIterator<Item = &'a Manifest>,
+) -> BTreeSet<String> {
+    let keep: BTreeSet<&str> = retained.into_iter().flat_map(|m| m.objects()).collect();
+    superseded
+        .into_iter()
+        .flat_map(|m| m.objects())
+        .filter(|o| !keep.contains(o))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits manifests (any order) into (retained: the newest `retain`,
+/// superseded: the rest), both newest first. `retain` is at least 1.
+pub fn split_retained(ids: Vec<ManifestId>, retain: usize) -> (Vec<ManifestId>, Vec<ManifestId>) {
+    let mut ids = newest_first(ids);
+    let rest = ids.split_off(retain.max(1).min(ids.len()));
+    (ids, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn manifest(generation: u64, files: &[(&str, char)]) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            generation,
+            writer: "w1".into(),
+            created_unix_ms: 0,
+            queries: vec![],
+            files: files
+                .iter()
+                .map(|(p, c)| FileEntry {
+                    path: p.to_string(),
+                    size: 1,
+                    sha256: sha(*c),
+                    mtime_unix_ms: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_generation() {
+        let id = ManifestId {
+            generation: 42,
+            writer: "ab12".into(),
+        };
+        let key = id.key("ckpt/orders");
+        assert_eq!(key, "ckpt/orders/manifests/00000000000000000042-ab12.json");
+        assert_eq!(ManifestId::parse_key("ckpt/orders", &key), Some(id.clone()));
+        assert_eq!(
+            ManifestId::parse_key("", "manifests/00000000000000000007-x.json"),
+            Some(ManifestId {
+                generation: 7,
+                writer: "x".into()
+            })
+        );
+        // Not manifests: other folders, temp names, short generations.
+        assert_eq!(
+            ManifestId::parse_key("p", "p/objects/00000000000000000042-ab12.json"),
+            None
+        );
+        assert_eq!(ManifestId::parse_key("p", "p/manifests/42-ab12.json"), None);
+        assert_eq!(
+            ManifestId::parse_key("p", "p/manifests/00000000000000000042-ab12.json.tmp"),
+            None
+        );
+        let ids = vec![
+            ManifestId {
+                generation: 9,
+                writer: "a".into(),
+            },
+            ManifestId {
+                generation: 10,
+                writer: "a".into(),
+            },
+            ManifestId {
+                generation: 9,
+                writer: "b".into(),
+            },
+        ];
+        let order: Vec<String> = newest_first(ids).iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "00000000000000000010-a",
+                "00000000000000000009-b",
+                "00000000000000000009-a"
+            ]
+        );
+        assert_eq!(object_key("", &sha('a')), format!("objects/{}", sha('a')));
+    }
+
+    #[test]
+    fn validation_refuses_unsafe_paths_and_bad_checksums() {
+        let id = ManifestId {
+            generation: 3,
+            writer: "w1".into(),
+        };
+        let good = manifest(3, &[("q/offsets/0", 'a'), ("q/commits/0", 'a')]);
+        assert_eq!(Manifest::from_json(&good.to_json(), &id), Ok(good.clone()));
+
+        for bad in ["../etc/passwd", "/abs", "q//x", "q/./x", "", "a\\b"] {
+            let m = manifest(3, &[(bad, 'a')]);
+            assert_eq!(m.validate(), Err(ManifestError::Path(bad.into())), "{bad}");
+        }
+        let mut m = manifest(3, &[("x", 'a')]);
+        m.files[0].sha256 = "ABC".into();
+        assert!(matches!(m.validate(), Err(ManifestError::Checksum { .. })));
+        let m = manifest(3, &[("x", 'a'), ("x", 'b')]);
+        assert_eq!(m.validate(), Err(ManifestError::Duplicate("x".into())));
+        let mut m = manifest(3, &[]);
+        m.format = "other/9".into();
+        assert!(matches!(m.validate(), Err(ManifestError::Format(_))));
+        // A manifest copied under another generation's key is refused.
+        let other = ManifestId {
+            generation: 4,
+            writer: "w1".into(),
+        };
+        assert!(matches!(
+            Manifest::from_json(&good.to_json(), &other),
+            Err(ManifestError::Generation { .. })
+        ));
+        assert!(matches!(
+            Manifest::from_json(b"{\"format\":", &id),
+            Err(ManifestError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn gc_deletes_only_objects_no_retained_manifest_references() {
+        let old1 = manifest(1, &[("a", 'a'), ("b", 'b'), ("c", 'c')]);
+        let old2 = manifest(2, &[("a", 'a'), ("d", 'd')]);
+        let keep1 = manifest(3, &[("a", 'a'), ("c", 'c'), ("e", 'e')]);
+        let keep2 = manifest(4, &[("e", 'e'), ("f", 'f')]);
+        let del = gc_objects([&keep1, &keep2], [&old1, &old2]);
+        assert_eq!(del, BTreeSet::from([sha('b'), sha('d')]));
+        assert!(gc_objects([&keep1], std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn split_keeps_the_newest() {
+        let ids: Vec<ManifestId> = [5, 1, 3, 4, 2]
+            .iter()
+            .map(|g| ManifestId {
+                generation: *g,
+                writer: "w".into(),
+            })
+            .collect();
+        let (keep, old) = split_retained(ids.clone(), 2);
+        let g = |v: &[ManifestId]| v.iter().map(|i| i.generation).collect::<Vec<_>>();
+        assert_eq!(g(&keep), [5, 4]);
+        assert_eq!(g(&old), [3, 2, 1]);
+        let (keep, old) = split_retained(ids.clone(), 0);
+        assert_eq!(g(&keep), [5]);
+        assert_eq!(old.len(), 4);
+        let (keep, old) = split_retained(ids, 10);
+        assert_eq!(keep.len(), 5);
+        assert!(old.is_empty());
+    }
+
+    #[test]
+    fn same_state_ignores_times_and_generation() {
+        let a = manifest(1, &[("a", 'a')]);
+        let mut b = manifest(2, &[("a", 'a')]);
+        b.created_unix_ms = 99;
+        b.files[0].mtime_unix_ms = 5;
+        assert!(a.same_state(&b));
+        let c = manifest(3, &[("a", 'b')]);
+        assert!(!a.same_state(&c));
+    }
+}

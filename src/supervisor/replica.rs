@@ -1,0 +1,219 @@
+//! S3 around the attempt loop: restore the checkpoint and fetch remote
+//! artifacts before the first start, replicate while the app runs, and a
+//! last sync when sparkvisor exits; sync statistics into `/status` and the
+//! `sparkvisor_s3_*` metrics.
+//!
+//! Invariants: Spark never starts on an undecided checkpoint — a restore
+//! that fails is retried (phase `restoring`, `/ready` 503) until it
+//! succeeds or a stop is requested; the app is never affected by sync
+//! errors (they are counted and retried); the final sync runs after the
+//! app's processes are gone and is bounded by `final_sync_timeout`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::checkpoint::artifacts::{LocalArtifacts, fetch_remote_artifacts};
+use crate::checkpoint::replicate::{Replicator, SyncStats};
+use crate::checkpoint::restore::{RestoreOutcome, restore_if_needed};
+use crate::checkpoint::s3client::S3Settings;
+use crate::config::Config;
+use crate::state::Shared;
+
+/// Longest pause between two tries of a failing restore or download.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// The delay before try `n + 1` after `n` failures.
+pub fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(MAX_RETRY)
+}
+
+/// Restores the checkpoint when needed. Ok(()) once decided; a failure is
+/// reported and the caller retries.
+pub async fn restore(shared: &Shared, cfg: &Config) -> Result<(), String> {
+    match restore_if_needed(&cfg.checkpoint).await {
+        Ok(RestoreOutcome::Disabled) => Ok(()),
+        Ok(RestoreOutcome::NoManifest) => {
+            info!(
+                "the S3 replica has no manifest yet: Spark starts with the local checkpoint as it is"
+            );
+            record(shared, serde_json::json!({"outcome": "no_manifest"}));
+            Ok(())
+        }
+        Ok(RestoreOutcome::KeptLocal { reason, skipped }) => {
+            info!(reason = %reason, "kept the local checkpoint (not older than the replica)");
+            for s in &skipped {
+                warn!(manifest = %s.manifest, reason = %s.reason, "skipped an unusable manifest");
+            }
+            record(
+                shared,
+                serde_json::json!({"outcome": "kept_local", "reason": reason}),
+            );
+            Ok(())
+        }
+        Ok(RestoreOutcome::Restored(r)) => {
+            info!(
+                manifest = %r.manifest,
+                files = r.files,
+                bytes = r.bytes,
+                seconds = r.seconds,
+                "restored the checkpoint from S3"
+            );
+            for s in &r.skipped {
+                warn!(manifest = %s.manifest, reason = %s.reason, "skipped an unusable manifest (fell back to an older one)");
+            }
+            shared.metrics.s3_restore_seconds.set(r.seconds);
+            record(
+                shared,
+                serde_json::json!({
+                    "outcome": "restored",
+                    "manifest": r.manifest,
+                    "files": r.files,
+                    "bytes": r.bytes,
+                    "seconds": r.seconds,
+                    "skipped_manifests": r.skipped.len(),
+                }),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            record(
+                shared,
+                serde_json::json!({"outcome": "failed", "error": msg}),
+            );
+            Err(msg)
+        }
+    }
+}
+
+fn record(shared: &Shared, restore: serde_json::Value) {
+    shared.update(|s| {
+        if !s.s3.is_object() {
+            s.s3 = serde_json::json!({});
+        }
+        s.s3["restore"] = restore;
+    });
+}
+
+/// Downloads `spark.app` / `spark.py_files` given as `s3://…` into
+/// `runtime_dir/artifacts`.
+pub async fn artifacts(cfg: &Config) -> Result<LocalArtifacts, String> {
+    let dest = cfg.supervisor.runtime_dir.join("artifacts");
+    let settings = S3Settings::from_config(&cfg.checkpoint.s3);
+    fetch_remote_artifacts(&cfg.spark, &settings, Path::new(&dest))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The running sync loop.
+pub struct Replica {
+    stop: watch::Sender<bool>,
+    sync: JoinHandle<()>,
+    publish: JoinHandle<()>,
+    stats: Arc<SyncStats>,
+    shared: Arc<Shared>,
+}
+
+/// Starts replication when `checkpoint.s3.uri` is set.
+pub async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Option<Replica>, String> {
+    let s3 = &cfg.checkpoint.s3;
+    let Some(replicator) = Replicator::from_config(&cfg.checkpoint)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let stats = replicator.stats();
+    let (stop, stop_rx) = watch::channel(false);
+    info!(uri = s3.uri.as_deref().unwrap_or(""), interval = %s3.sync_interval, "replicating the checkpoint to S3");
+    let sync =
+        tokio::spawn(replicator.run(s3.sync_interval.get(), stop_rx, s3.final_sync_timeout.get()));
+    let publish = tokio::spawn(publish(shared.clone(), stats.clone()));
+    Ok(Some(Replica {
+        stop,
+        sync,
+        publish,
+        stats,
+        shared,
+    }))
+}
+
+impl Replica {
+    /// The last sync (after the app is gone), then the final numbers.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.sync.await;
+        self.publish.abort();
+        publish_once(&self.shared, &self.stats, &mut Published::default());
+    }
+}
+
+#[derive(Default)]
+struct Published {
+    files: u64,
+    bytes: u64,
+    errors: u64,
+}
+
+async fn publish(shared: Arc<Shared>, stats: Arc<SyncStats>) {
+    let mut seen = Published::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        publish_once(&shared, &stats, &mut seen);
+    }
+}
+
+/// Copies the replicator's numbers into the metrics (counters by their
+/// increase) and `/status`.
+fn publish_once(shared: &Shared, stats: &SyncStats, seen: &mut Published) {
+    let snap = stats.snapshot();
+    let m = &shared.metrics;
+    m.s3_sync_files_total
+        .inc_by(snap.files_total.saturating_sub(seen.files));
+    m.s3_sync_bytes_total
+        .inc_by(snap.bytes_total.saturating_sub(seen.bytes));
+    m.s3_sync_errors_total
+        .inc_by(snap.errors_total.saturating_sub(seen.errors));
+    seen.files = seen.files.max(snap.files_total);
+    seen.bytes = seen.bytes.max(snap.bytes_total);
+    seen.errors = seen.errors.max(snap.errors_total);
+    if let Some(t) = snap.last_success_unix {
+        m.s3_last_sync_timestamp_seconds.set(t);
+    }
+    let sync = serde_json::to_value(&snap).unwrap_or_default();
+    shared.update(|s| {
+        if !s.s3.is_object() {
+            s.s3 = serde_json::json!({});
+        }
+        s.s3["sync"] = sync;
+    });
+}
+
+/// Logs a failed try and how long until the next.
+pub fn report_retry(what: &str, error: &str, failures: u32) -> Duration {
+    let delay = retry_delay(failures);
+    error!(
+        error,
+        retry_in_s = delay.as_secs(),
+        "{what} failed; Spark waits for it"
+    );
+    delay
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_cap() {
+        let d: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 16, 16, 16]);
+        assert!(retry_delay(100) <= MAX_RETRY);
+    }
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -16,47 +16,6 @@ use serde_json::Value;
 const SPARK_START: Duration = Duration::from_secs(240);
 /// First commit plus writing an archive of ~100–170 MB on a busy machine.
 const DUMP: Duration = Duration::from_secs(420);
-
-fn last_commit(query: &Path) -> Option<u64> {
-    std::fs::read_dir(query.join("commits"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .max()
-}
-
-/// The driver JVM of sparkvisor `sv` (host pid), if one runs (not the
-/// short-lived launcher JVM that builds the driver's command line).
-fn jvm_of(sv: i32) -> Option<i32> {
-    descendants(sv)
-        .into_iter()
-        .find(|(p, s)| {
-            *s != 'Z'
-                && comm(*p) == "java"
-                && !cmdline(*p)
-                    .iter()
-                    .any(|a| a == "org.apache.spark.launcher.Main")
-        })
-        .map(|(p, _)| p)
-}
-
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = get(port, "/metrics").expect("/metrics answers");
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -173,13 +132,13 @@ fn wait_dump(sv: &Running, attempt: u32) -> Value {
 
 fn kill_jvm_and_wait_attempt(sv: &mut Running, attempt: u32) -> i32 {
     let host = sv.pid();
-    let old = wait_for("the JVM", Duration::from_secs(30), || jvm_of(host));
+    let old = wait_for("the JVM", Duration::from_secs(30), || driver_jvm(host));
     send(old, Signal::SIGKILL);
     sv.wait_status("the next attempt", Duration::from_secs(90), |st| {
         st["attempt"] == attempt
     });
     wait_for("the new JVM", SPARK_START, || {
-        jvm_of(host).filter(|p| *p != old)
+        driver_jvm(host).filter(|p| *p != old)
     })
 }
 
@@ -226,7 +185,10 @@ fn the_running_driver_writes_the_archive_and_a_restart_maps_it() {
         !log.contains("[cds") && !log.contains("Skipping "),
         "CDS lines leaked into the app's output:\n{log}"
     );
-    assert_eq!(metric(s.port, "sparkvisor_jvm_cds_archive_used"), 0.0);
+    assert_eq!(
+        metric(s.port, "sparkvisor_jvm_cds_archive_used").expect("metric in /metrics"),
+        0.0
+    );
 
     // kill -9: the next JVM maps the archive.
     let before = last_commit(&s.query()).unwrap();
@@ -249,7 +211,10 @@ fn the_running_driver_writes_the_archive_and_a_restart_maps_it() {
         !cds.contains("UseSharedSpaces:") && !cds.contains("failed to load"),
         "{cds}"
     );
-    assert_eq!(metric(s.port, "sparkvisor_jvm_cds_archive_used"), 1.0);
+    assert_eq!(
+        metric(s.port, "sparkvisor_jvm_cds_archive_used").expect("metric in /metrics"),
+        1.0
+    );
     wait_for("a batch after the restart", SPARK_START, || {
         (last_commit(&s.query())? > before).then_some(())
     });

@@ -15,13 +15,6 @@ use nix::sys::signal::Signal;
 
 const SLOW: Duration = Duration::from_secs(300);
 
-fn jvm_of(sv: i32) -> Option<i32> {
-    descendants(sv)
-        .into_iter()
-        .find(|(p, s)| *s != 'Z' && comm(*p) == "java")
-        .map(|(p, _)| p)
-}
-
 #[test]
 fn exactly_once_across_four_sigkills() {
     let _spark = spark_lock();
@@ -74,7 +67,7 @@ fn exactly_once_across_four_sigkills() {
             } else {
                 commits > commits_before
             };
-            ready.then(|| jvm_of(sv_pid)).flatten().map(Some)
+            ready.then(|| driver_jvm(sv_pid)).flatten().map(Some)
         });
         let Some(jvm) = moment else {
             panic!(

@@ -25,23 +25,6 @@ fn commits(query: &Path) -> BTreeSet<u64> {
         .unwrap_or_default()
 }
 
-/// The JVM started by sparkvisor (host pid), if running.
-fn jvm_of(sv_host_pid: i32) -> Option<i32> {
-    descendants(sv_host_pid)
-        .into_iter()
-        .find(|(p, s)| *s != 'Z' && comm(*p) == "java")
-        .map(|(p, _)| p)
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = get(port, "/metrics").expect("/metrics answers");
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
 fn code(port: u16, path: &str) -> u16 {
     get(port, path).map(|(c, _)| c).unwrap_or(0)
 }
@@ -135,7 +118,7 @@ fn spark_is_restarted_after_sigkill_and_resumes_from_its_checkpoint() {
             .modified()
             .unwrap();
 
-        let jvm = wait_for("the JVM", Duration::from_secs(30), || jvm_of(host_pid));
+        let jvm = wait_for("the JVM", Duration::from_secs(30), || driver_jvm(host_pid));
         send(jvm, Signal::SIGKILL);
         // The restart is visible: not ready, still alive, counted.
         wait_for("/ready 503 after the kill", Duration::from_secs(30), || {
@@ -175,13 +158,23 @@ fn spark_is_restarted_after_sigkill_and_resumes_from_its_checkpoint() {
         last_max = Some(max);
     }
 
-    assert_eq!(metric(s.port, "sparkvisor_child_starts_total"), 3.0);
     assert_eq!(
-        metric(s.port, "sparkvisor_child_exits_total{class=\"signaled\"}"),
+        metric(s.port, "sparkvisor_child_starts_total").expect("metric in /metrics"),
+        3.0
+    );
+    assert_eq!(
+        metric(s.port, "sparkvisor_child_exits_total{class=\"signaled\"}")
+            .expect("metric in /metrics"),
         2.0
     );
-    assert_eq!(metric(s.port, "sparkvisor_child_up"), 1.0);
-    assert_eq!(metric(s.port, "sparkvisor_ready"), 1.0);
+    assert_eq!(
+        metric(s.port, "sparkvisor_child_up").expect("metric in /metrics"),
+        1.0
+    );
+    assert_eq!(
+        metric(s.port, "sparkvisor_ready").expect("metric in /metrics"),
+        1.0
+    );
     let st = sv.status().unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["attempt"], 3);

@@ -20,15 +20,7 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
     let loaded = config::load(overrides)?;
     let resolved = config::resolve(&loaded)?;
     let system = SystemView::detect()?;
-    let base = submit::build(
-        &loaded,
-        &resolved,
-        &system,
-        &LaunchOptions {
-            attempt: 1,
-            ..Default::default()
-        },
-    )?;
+    let base = submit::build_first(&loaded, &resolved, &system)?;
     // Class-data sharing: decided from the JVM spark-submit will run and
     // the plan without CDS options; the first attempt's options go in.
     let cds = jvm::Setup::detect(&loaded, &resolved, &base);

@@ -8,7 +8,7 @@ use tracing::info;
 
 use crate::config::{self, Overrides};
 use crate::state::Shared;
-use crate::submit::{self, LaunchOptions, SystemView};
+use crate::submit::{self, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
 use crate::{Error, Result, http, jvm, logging, preflight};
 
@@ -20,15 +20,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
     preflight::check(&loaded, &resolved)?;
     let system = SystemView::detect()?;
     // Fail on sizing or plan errors now, not in the restart loop.
-    let first = submit::build(
-        &loaded,
-        &resolved,
-        &system,
-        &LaunchOptions {
-            attempt: 1,
-            ..Default::default()
-        },
-    )?;
+    let first = submit::build_first(&loaded, &resolved, &system)?;
     // Detects the driver's JVM (runs `java -version`) before the reaper owns
     // every wait, and verifies the archive directory.
     let cds = jvm::Cds::new(

@@ -187,6 +187,25 @@ impl LaunchPlan {
     }
 }
 
+/// The first attempt's plan with nothing added per attempt (no CDS
+/// options, local artifacts): what `plan` shows before CDS and what `run`
+/// checks before anything starts.
+pub fn build_first(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    system: &SystemView,
+) -> Result<LaunchPlan, Error> {
+    build(
+        loaded,
+        resolved,
+        system,
+        &LaunchOptions {
+            attempt: 1,
+            ..Default::default()
+        },
+    )
+}
+
 /// Builds the plan for one launch.
 pub fn build(
     loaded: &Loaded,

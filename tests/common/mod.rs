@@ -584,3 +584,34 @@ pub fn numbered(dir: &Path) -> std::collections::BTreeSet<u64> {
         })
         .unwrap_or_default()
 }
+
+/// The driver JVM among the descendants of sparkvisor `sv` (host pid), if
+/// one runs — not the short-lived launcher JVM spark-submit starts first
+/// to build the driver's command line.
+pub fn driver_jvm(sv: i32) -> Option<i32> {
+    descendants(sv)
+        .into_iter()
+        .find(|(p, s)| {
+            *s != 'Z'
+                && comm(*p) == "java"
+                && !cmdline(*p)
+                    .iter()
+                    .any(|a| a == "org.apache.spark.launcher.Main")
+        })
+        .map(|(p, _)| p)
+}
+
+/// The arguments of process `pid` (empty once it is gone).
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The newest committed batch of the streaming query at `query`.
+pub fn last_commit(query: &Path) -> Option<u64> {
+    numbered(&query.join("commits")).last().copied()
+}

@@ -161,7 +161,7 @@ cds = "{cds}"
 def warm_up(cfg):
     """Runs the auto configuration until its archive exists."""
     p = cfg.start()
-    st = wait("the archive", lambda: (s := status(cfg.port)) and s["jvm"].get("archive_present") and s)
+    st = wait("the archive", lambda: (s := status(cfg.port)) and (s.get("jvm") or {}).get("archive_present") and s)
     cfg.stop(p)
     return st["jvm"]["archive_bytes"]
 

@@ -85,7 +85,7 @@ fn exactly_once_after_node_loss(kill_at: KillAt, prefix: &str, partitions: u32) 
         .arg(repo().join("examples/exactly_once_gen.py"))
         .arg("--input")
         .arg(&input)
-        .args(["--ids", "3000", "--files", "48"])
+        .args(["--ids", "1600", "--files", "24"])
         .status()
         .unwrap();
     assert!(generated.success());
@@ -149,7 +149,7 @@ fn exactly_once_after_node_loss(kill_at: KillAt, prefix: &str, partitions: u32) 
 
     let v = exactly_once_verdict(&input, &output);
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["rows"], 3000, "every id exactly once: {v}");
+    assert_eq!(v["rows"], 1600, "every id exactly once: {v}");
 }
 
 #[test]

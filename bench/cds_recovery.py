@@ -3,10 +3,18 @@
 
 Recovery = SIGKILL of the driver JVM -> the next committed batch of the
 example streaming job (examples/rate_stream.py), with sparkvisor restarting
-it in place. Two configurations, identical except `jvm.cds`:
+it in place. Three configurations:
 
   off   jvm.cds = "off"
-  auto  jvm.cds = "auto", archive present (made by a warm-up run first)
+  auto  jvm.cds = "auto", archive present: on Java 17+ written by the
+        running driver after its first committed batch (a warm-up run)
+  exit  jvm.cds = "auto" with attaching ruled out (-XX:+DisableAttachMechanism
+        in spark.driver.extraJavaOptions), archive present: written by the
+        JVM at a graceful stop of a warm-up run (-XX:ArchiveClassesAtExit)
+
+The two archives differ on Java 17: a dump requested from a running JVM
+leaves out the classes that were loaded but never linked (thousands in a
+Spark driver), while the dump at exit links them first.
 
 Runs are interleaved (off, auto, auto, off, ...) so load drifts hit both
 alike; each run starts sparkvisor, waits for the stream to commit two
@@ -15,7 +23,7 @@ run, the medians and the ratio auto/off. Nothing is asserted.
 
 Usage: bench/cds_recovery.py [--runs 5]
 Needs: Java, .venv with pyspark (`make test` sets both up), the release
-binary (built if missing). Holds /tmp/sparkvisor-spark.lock throughout.
+binary (built first). Holds /tmp/sparkvisor-spark.lock throughout.
 """
 
 import argparse
@@ -114,7 +122,7 @@ def driver_jvm(sv_pid):
 
 
 class Config:
-    def __init__(self, name, cds):
+    def __init__(self, name, cds, java_options=None):
         self.dir = tempfile.mkdtemp(prefix=f"sv-cds-{name}-")
         self.name = name
         self.port = free_port()
@@ -126,6 +134,7 @@ home = "{spark_home()}"
 app = "{ROOT}/examples/rate_stream.py"
 name = "cds-bench"
 [spark.conf]
+{f'"spark.driver.extraJavaOptions" = "{java_options}"' if java_options else ""}
 "spark.sql.shuffle.partitions" = 2
 "spark.ui.showConsoleProgress" = false
 [spark.env]
@@ -166,6 +175,17 @@ def warm_up(cfg):
     return st["jvm"]["archive_bytes"]
 
 
+def warm_up_at_exit(cfg):
+    """Runs the exit configuration to two commits and stops it gracefully."""
+    p = cfg.start()
+    wait("two batches", lambda: (c := last_commit(cfg.query)) is not None and c >= 1, every=0.2)
+    cfg.stop(p)
+    p = cfg.start()
+    st = wait("the archive", lambda: (s := status(cfg.port)) and (s.get("jvm") or {}).get("archive_present") and s)
+    cfg.stop(p)
+    return st["jvm"]["archive_bytes"]
+
+
 def one_run(cfg):
     """kill -9 of the JVM -> next committed batch, in seconds."""
     p = cfg.start()
@@ -179,7 +199,7 @@ def one_run(cfg):
     wait("the next batch", lambda: last_commit(cfg.query) > before)
     elapsed = time.monotonic() - t0
     st = status(cfg.port) or {}
-    used = st.get("jvm", {}).get("attempt", {}).get("archive_used")
+    used = ((st.get("jvm") or {}).get("attempt") or {}).get("archive_used")
     cfg.stop(p)
     return elapsed, used
 
@@ -188,27 +208,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    if not os.path.exists(SV):
-        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     lock = open("/tmp/sparkvisor-spark.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
 
     off, auto = Config("off", "off"), Config("auto", "auto")
-    size = warm_up(auto)
-    print(f"archive: {size / 2**20:.0f} MiB (written by the warm-up run's driver)")
-    times = {"off": [], "auto": []}
+    exit_ = Config("exit", "auto", "-XX:+DisableAttachMechanism")
+    print(f"archive written by the running driver: {warm_up(auto) / 2**20:.0f} MiB")
+    print(f"archive written at a graceful stop:    {warm_up_at_exit(exit_) / 2**20:.0f} MiB")
+    configs = [off, auto, exit_]
+    times = {c.name: [] for c in configs}
     for i in range(args.runs):
-        order = [off, auto] if i % 2 == 0 else [auto, off]
+        order = configs if i % 2 == 0 else configs[::-1]
         for cfg in order:
             t, used = one_run(cfg)
             times[cfg.name].append(t)
             print(f"  run {i + 1} {cfg.name:<4} {t:6.2f} s   archive used: {used}", flush=True)
-    m_off, m_auto = statistics.median(times["off"]), statistics.median(times["auto"])
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"recovery (kill -9 of the JVM -> next committed batch), median of {args.runs} interleaved runs")
-    print(f"  off   {m_off:6.2f} s")
-    print(f"  auto  {m_auto:6.2f} s")
-    print(f"  ratio auto/off = {m_auto / m_off:.2f}   (target <= 0.65)")
-    for c in (off, auto):
+    for k in times:
+        print(f"  {k:<5} {med[k]:6.2f} s")
+    print(f"  ratio auto/off = {med['auto'] / med['off']:.2f}   (target <= 0.65)")
+    print(f"  ratio exit/off = {med['exit'] / med['off']:.2f}")
+    for c in configs:
         shutil.rmtree(c.dir, ignore_errors=True)
     return 0
 

@@ -3,7 +3,7 @@
 //! to have the driver write its dynamic archive while it keeps running.
 //!
 //! Protocol (HotSpot on Linux): when `/tmp/.java_pid<pid>` does not exist,
-//! create `.attach_pid<pid>` in the JVM's working directory (or its /tmp)
+//! create `.attach_pid<pid>` in the JVM's /tmp (or its working directory)
 //! and send SIGQUIT; the JVM starts its attach listener and creates the
 //! socket. A request is `1\0jcmd\0<command>\0\0\0`; the reply is the status
 //! code on the first line, then the command's output.
@@ -100,9 +100,12 @@ fn is_socket(p: &Path) -> bool {
 /// Creates the trigger file, sends SIGQUIT and waits for the socket.
 fn start_listener(pid: i32, nspid: i32, root: &Path, socket: &Path) -> Result<(), String> {
     let name = format!(".attach_pid{nspid}");
+    // HotSpot looks in its working directory and in /tmp; /tmp first, so
+    // a trigger left behind (sparkvisor stopped mid-attach) never litters
+    // the app's working directory.
     let candidates = [
-        PathBuf::from(format!("/proc/{pid}/cwd")).join(&name),
         root.join("tmp").join(&name),
+        PathBuf::from(format!("/proc/{pid}/cwd")).join(&name),
     ];
     let trigger = candidates
         .iter()

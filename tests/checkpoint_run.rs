@@ -160,6 +160,28 @@ fn torn_commit_is_quarantined_and_spark_resumes_only_with_repair() {
         "repair off touches nothing"
     );
     drop(sv);
+    // Besides the torn commit, the stops may have left temp files of
+    // interrupted writes; `inspect` lists everything a repair will do.
+    let out = Command::new(bin())
+        .args(["checkpoint", "inspect", "--format", "json"])
+        .arg(d.join("checkpoint"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned: Vec<&serde_json::Value> = inspected["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|q| q["torn_files"].as_array().unwrap())
+        .filter(|t| !t["repair"].is_null())
+        .collect();
+    assert!(
+        planned
+            .iter()
+            .any(|t| t["repair"] == "quarantine" && t["path"] == torn.to_str().unwrap()),
+        "{inspected}"
+    );
 
     // With repair: quarantined, counted, and Spark goes on past it.
     let port = free_port();
@@ -178,7 +200,8 @@ fn torn_commit_is_quarantined_and_spark_resumes_only_with_repair() {
     });
     assert_eq!(
         metric(port, "sparkvisor_checkpoint_repairs_total"),
-        Some(1.0)
+        Some(planned.len() as f64),
+        "one repair per planned action: {inspected}"
     );
     let log = sv.log_text();
     assert!(log.contains("quarantined a torn checkpoint file"), "{log}");
@@ -265,20 +288,24 @@ fn a_stalled_batch_is_restarted_and_the_stream_progresses() {
         metric(port, "sparkvisor_child_exits_total{class=\"stalled\"}"),
         Some(1.0)
     );
-    let committed = metric(
-        port,
-        "sparkvisor_checkpoint_last_committed_batch{query=\"stall\"}",
+    // Metrics and /status follow the checkpoint on its own poll interval:
+    // wait for them to catch up with what is on disk.
+    wait_for(
+        "the committed-batch metric to pass the stalled batch",
+        SLOW,
+        || {
+            let b = metric(
+                port,
+                "sparkvisor_checkpoint_last_committed_batch{query=\"stall\"}",
+            )?;
+            (b >= stalled_batch as f64).then_some(())
+        },
     );
-    assert!(
-        committed.is_some_and(|b| b >= stalled_batch as f64),
-        "{committed:?}"
-    );
-    let st = sv.status().unwrap();
-    let q = &st["checkpoint"]["queries"][0];
-    assert!(
-        q["latest_committed_batch"].as_u64().unwrap() >= stalled_batch,
-        "{st}"
-    );
+    let st = wait_for("/status to show the stalled batch committed", SLOW, || {
+        let st = sv.status()?;
+        let b = st["checkpoint"]["queries"][0]["latest_committed_batch"].as_u64()?;
+        (b >= stalled_batch).then_some(st)
+    });
     assert_eq!(st["state"], "running");
     send(sv.pid(), Signal::SIGTERM);
     assert_eq!(sv.wait_exit(Duration::from_secs(90)), 0);

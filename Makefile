@@ -1,6 +1,7 @@
 # sparkvisor: `make demo` runs a real streaming job under sparkvisor (probes on
 # :8080); `make test` runs the whole suite. Both install what they need:
-# Java 17 (apt-get, when `java` is missing) and pyspark into ./.venv.
+# a Java 17 JDK (apt-get, when `java` or `javac` is missing) and pyspark into
+# ./.venv.
 
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
@@ -10,17 +11,28 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
 SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
 
-.PHONY: test demo lint java venv build help s3s-fs
+.PHONY: test demo lint java venv build help s3s-fs agent
 
 help:
 	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
 	@echo "make test   install what is missing, then fmt, clippy and the whole test suite"
 
+# The tests compile the CDS link agent's source (javac) to check its jar.
 java:
-	@command -v java >/dev/null 2>&1 || { \
-	  echo "java not found: installing openjdk-17-jre-headless"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { \
+	  echo "java or javac not found: installing openjdk-17-jdk-headless"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jdk-headless; }
 	@java -version 2>&1 | head -1
+
+# The agent sparkvisor loads into a Java 17/18 driver before asking it for
+# its CDS archive (src/jvm/agent); the jar is committed and embedded in the
+# binary. Run after changing the agent's source.
+AGENT := src/jvm/agent
+agent: java
+	rm -rf target/agent && mkdir -p target/agent
+	javac --release 11 -d target/agent $(AGENT)/sparkvisor/agent/LinkLoadedClasses.java
+	jar --create --file $(AGENT)/link-loaded-classes.jar --manifest $(AGENT)/MANIFEST.MF \
+	  --date 2026-01-01T00:00:00Z -C target/agent sparkvisor
 
 $(STAMP): requirements-test.txt
 	python3 -m venv $(VENV)

@@ -185,6 +185,25 @@ fn the_running_driver_writes_the_archive_and_a_restart_maps_it() {
         !log.contains("[cds") && !log.contains("Skipping "),
         "CDS lines leaked into the app's output:\n{log}"
     );
+    // Java 17 archives only linked classes on a running dump: sparkvisor
+    // had the driver link what it had loaded first (without that, ~4,000
+    // classes of this job are skipped as "Not linked").
+    assert!(log.contains("linked the driver's loaded classes"), "{log}");
+    let unlinked = s.cds_log().matches(": Not linked").count();
+    assert!(
+        unlinked < 200,
+        "{unlinked} classes left out of the archive as not linked"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(archive.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jar"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the agent jar is removed: {leftovers:?}"
+    );
     assert_eq!(
         metric(s.port, "sparkvisor_jvm_cds_archive_used").expect("metric in /metrics"),
         0.0

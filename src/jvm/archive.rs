@@ -3,7 +3,8 @@
 //!
 //! Layout (`jvm.archive_dir`): `sparkvisor-<key>.jsa` (the archive),
 //! `sparkvisor-<key>.json` (its record), `sparkvisor-<key>.a<N>.partial`
-//! (a dump in progress for attempt N).
+//! (a dump in progress for attempt N), `sparkvisor-<key>.a<N>.link.jar`
+//! (the class-linking agent while attempt N's driver runs it).
 //!
 //! Invariants: an archive is only ever handed to a JVM when its record
 //! matches it (a truncated or altered archive can crash the JVM even with
@@ -105,6 +106,12 @@ impl Store {
     pub fn partial(&self, attempt: u32) -> PathBuf {
         self.dir
             .join(format!("{PREFIX}{}.a{attempt}.partial", self.key))
+    }
+
+    /// Where attempt `attempt`'s driver reads the class-linking agent from.
+    pub fn link_agent(&self, attempt: u32) -> PathBuf {
+        self.dir
+            .join(format!("{PREFIX}{}.a{attempt}.link.jar", self.key))
     }
 
     pub fn create_dir(&self) -> Result<(), JvmError> {

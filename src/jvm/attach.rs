@@ -1,12 +1,15 @@
-//! A diagnostic command (`jcmd`) sent to a running HotSpot JVM over its
-//! attach socket, without the JDK's `jcmd` tool (JRE images lack it): used
-//! to have the driver write its dynamic archive while it keeps running.
+//! Requests to a running HotSpot JVM over its attach socket, without the
+//! JDK's tools (JRE images lack them): a diagnostic command (`jcmd`) has the
+//! driver write its dynamic archive while it keeps running, and `load`
+//! runs a Java agent in it (the class linker of [`super::link`]).
 //!
 //! Protocol (HotSpot on Linux): when `/tmp/.java_pid<pid>` does not exist,
 //! create `.attach_pid<pid>` in the JVM's /tmp (or its working directory)
 //! and send SIGQUIT; the JVM starts its attach listener and creates the
-//! socket. A request is `1\0jcmd\0<command>\0\0\0`; the reply is the status
-//! code on the first line, then the command's output.
+//! socket. A request is `1\0<operation>\0` and three arguments, each ended
+//! by `\0` (`jcmd` takes the command line; `load` the library, whether its
+//! path is absolute, and its options); the reply is the status code on the
+//! first line, then the operation's output.
 //!
 //! Invariants: SIGQUIT is sent only when the socket is missing and the JVM
 //! runs its "Signal Dispatcher" thread (so it handles SIGQUIT: a JVM still
@@ -66,6 +69,41 @@ pub fn parse_reply(reply: &str) -> Option<(i32, &str)> {
 /// Runs `command` (e.g. `VM.cds dynamic_dump /path`) in the JVM `pid` and
 /// returns its output; waits at most `timeout` for the reply.
 pub fn jcmd(pid: i32, command: &str, timeout: Duration) -> Result<String, JvmError> {
+    request(pid, ["jcmd", command, "", ""], timeout)
+}
+
+/// Loads the Java agent `jar` (a path the JVM can open) into the JVM `pid`
+/// and waits, at most `timeout`, until its `agentmain` has returned.
+pub fn load_java_agent(pid: i32, jar: &Path, timeout: Duration) -> Result<(), JvmError> {
+    let jar = jar.to_string_lossy();
+    let out = request(pid, ["load", "instrument", "false", &jar], timeout)?;
+    match parse_load_result(&out) {
+        Some(0) => Ok(()),
+        Some(code) => Err(JvmError::Attach {
+            pid,
+            why: format!("the agent {jar} failed to load or run (return code {code})"),
+        }),
+        None => Err(JvmError::Attach {
+            pid,
+            why: format!("unexpected reply to loading {jar}: {:?}", out.trim()),
+        }),
+    }
+}
+
+/// The agent's return code in the output of `load`: a bare number or
+/// `return code: N` (the form differs between JDK releases).
+pub fn parse_load_result(out: &str) -> Option<i32> {
+    let line = out.lines().map(str::trim).find(|l| !l.is_empty())?;
+    line.strip_prefix("return code:")
+        .unwrap_or(line)
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends one request (operation and three arguments) and returns the
+/// output after a zero status.
+fn request(pid: i32, args: [&str; 4], timeout: Duration) -> Result<String, JvmError> {
     let fail = |why: String| JvmError::Attach { pid, why };
     let nspid = namespace_pid(pid);
     let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -78,7 +116,11 @@ pub fn jcmd(pid: i32, command: &str, timeout: Duration) -> Result<String, JvmErr
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .and_then(|_| s.set_read_timeout(Some(timeout)))
         .map_err(|e| fail(e.to_string()))?;
-    let request = format!("1\0jcmd\0{command}\0\0\0");
+    let mut request = String::from("1\0");
+    for a in args {
+        request.push_str(a);
+        request.push('\0');
+    }
     s.write_all(request.as_bytes())
         .map_err(|e| fail(format!("cannot send the request: {e}")))?;
     let mut reply = Vec::new();
@@ -156,6 +198,15 @@ mod tests {
         assert_eq!(parse_reply("0"), Some((0, "")));
         assert_eq!(parse_reply("101\n"), Some((101, "")));
         assert_eq!(parse_reply("garbage"), None);
+    }
+
+    #[test]
+    fn load_results() {
+        assert_eq!(parse_load_result("0\n"), Some(0));
+        assert_eq!(parse_load_result("return code: 0\n"), Some(0));
+        assert_eq!(parse_load_result("\nreturn code: 100\n"), Some(100));
+        assert_eq!(parse_load_result(""), None);
+        assert_eq!(parse_load_result("Agent_OnAttach failed"), None);
     }
 
     /// A real JVM (Java's own RMI registry: a JDK class that runs until

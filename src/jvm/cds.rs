@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::archive::Identity;
 use super::decide::{self, AttemptPlan, Decision, Dump, Strategy};
-use super::{Setup, attach, cdslog, options};
+use super::{Setup, attach, cdslog, link, options};
 use crate::state::Shared;
 use crate::supervisor::exit::Termination;
 
@@ -53,7 +53,7 @@ struct AttemptStatus {
     /// None until the JVM's log tells.
     archive_used: Option<bool>,
     detail: Option<String>,
-    /// none, waiting-for-first-commit, dumping, written, failed, at-exit.
+    /// none, waiting-for-first-commit, linking, dumping, written, failed, at-exit.
     dump: String,
 }
 
@@ -523,9 +523,28 @@ async fn dump_while_running(
             true,
         );
     }
-    inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
     info!(attempt, pid, file = %partial.display(), "the driver committed a batch: asking it to write its CDS archive");
     let t0 = Instant::now();
+    let feature = inner.setup.java.as_ref().map_or(0, |j| j.feature);
+    if link::needed(feature) {
+        inner.update(shared, attempt, |st| st.attempt.dump = "linking".into());
+        let jar = inner.setup.store.link_agent(attempt);
+        let res =
+            tokio::task::spawn_blocking(move || link::link_loaded_classes(pid, &jar, DUMP_TIMEOUT))
+                .await;
+        match res {
+            Ok(Ok(())) => info!(
+                attempt,
+                pid,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "linked the driver's loaded classes, so the archive holds them"
+            ),
+            Ok(Err(e)) => warn!(attempt, pid, error = %e,
+                "could not link the driver's loaded classes; its archive will leave out the unlinked ones"),
+            Err(e) => warn!(attempt, error = %e, "linking the driver's classes failed"),
+        }
+    }
+    inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
     let command = format!("VM.cds dynamic_dump {}", partial.display());
     let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
     match res {

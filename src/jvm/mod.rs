@@ -6,7 +6,8 @@
 //! command lines), `key` (what makes an archive stale), `decide` (on/off,
 //! strategy, options per attempt; pure), `archive` (the archive directory),
 //! `cdslog` (what the JVM's CDS log says), `attach` (asking a running JVM
-//! to dump), `cds` (the per-attempt hooks the supervisor calls).
+//! to dump), `link` (linking its classes first on Java 17–18), `cds` (the
+//! per-attempt hooks the supervisor calls).
 //!
 //! Invariants: the JVM never fails to start because of an archive (only
 //! verified archives are offered, always with `-Xshare:auto`; a rejected or
@@ -21,6 +22,7 @@ pub mod cdslog;
 pub mod decide;
 pub mod java;
 pub mod key;
+pub mod link;
 pub mod options;
 
 use std::collections::BTreeMap;

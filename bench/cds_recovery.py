@@ -12,9 +12,10 @@ it in place. Three configurations:
         in spark.driver.extraJavaOptions), archive present: written by the
         JVM at a graceful stop of a warm-up run (-XX:ArchiveClassesAtExit)
 
-The two archives differ on Java 17: a dump requested from a running JVM
-leaves out the classes that were loaded but never linked (thousands in a
-Spark driver), while the dump at exit links them first.
+On Java 17 a dump requested from a running JVM leaves out the classes that
+were loaded but never linked (thousands in a Spark driver), while the dump
+at exit links them first; sparkvisor has the running driver link them
+before it asks (src/jvm/link.rs), so the two archives should come close.
 
 Runs are interleaved (off, auto, auto, off, ...) so load drifts hit both
 alike; each run starts sparkvisor, waits for the stream to commit two

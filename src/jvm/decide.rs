@@ -6,7 +6,8 @@
 //!   JVM validates A and rewrites it at exit when it is missing or stale.
 //! - Java 17+ without an archive: `-XX:+RecordDynamicDumpInfo`, and
 //!   sparkvisor asks the running driver to dump (`VM.cds dynamic_dump`)
-//!   once it has committed a batch. A streaming driver rarely exits
+//!   once it has committed a batch (on Java 17–18 after having it link
+//!   its loaded classes: see `link`). A streaming driver rarely exits
 //!   normally (it is killed, or crashes), and an archive written only at
 //!   exit would then never exist; this one exists minutes after the first
 //!   start. (On Java 19+ it is added to AutoCreateSharedArchive.)

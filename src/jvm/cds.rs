@@ -5,8 +5,8 @@
 //!
 //! When is the first archive made? With the Java 17+ strategy, by the
 //! first attempt, right after its first committed batch (a one-off pause
-//! of a few seconds while the JVM links its classes and writes ~100–180 MB); every later start of
-//! the pod maps it. With dump-at-exit (Java 13–16, or attaching ruled out)
+//! of a few seconds while the JVM links its classes and writes ~100–180
+//! MB); every later start of the pod maps it. With dump-at-exit (Java 13–16, or attaching ruled out)
 //! only a normal JVM exit writes it: until then every restart after a
 //! SIGKILL or OOM kill is cold and keeps asking for the archive at exit.
 //!

@@ -213,28 +213,58 @@ mod tests {
     /// killed) answers a diagnostic command.
     #[test]
     fn talks_to_a_real_jvm() {
-        use std::process::{Command, Stdio};
-        let mut jvm = Command::new("java")
-            .args(["-m", "java.rmi/sun.rmi.registry.RegistryImpl", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("java on PATH");
-        let pid = jvm.id() as i32;
-        // SIGQUIT only once the JVM handles it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let result = loop {
-            if handles_sigquit(pid) {
-                break jcmd(pid, "VM.version", Duration::from_secs(30));
-            }
-            assert!(Instant::now() < deadline, "the JVM never started");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let _ = jvm.kill();
-        let _ = jvm.wait();
+        let jvm = test_jvm::TestJvm::start();
+        let result = jcmd(jvm.pid(), "VM.version", Duration::from_secs(30));
+        let pid = jvm.pid();
+        drop(jvm);
         let out = result.expect("jcmd VM.version");
         assert!(out.contains("JDK") || out.contains("VM"), "{out}");
         let trigger = format!("/tmp/.attach_pid{pid}");
         assert!(!Path::new(&trigger).exists(), "trigger file removed");
+    }
+}
+
+/// A real JVM for tests that attach to one: Java's RMI registry (a JDK
+/// class that runs until killed), killed when dropped.
+#[cfg(test)]
+pub(crate) mod test_jvm {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub struct TestJvm(Child);
+
+    impl TestJvm {
+        /// Starts it and waits until it handles SIGQUIT (attaching earlier
+        /// would kill it).
+        pub fn start() -> TestJvm {
+            let child = Command::new("java")
+                .args(["-m", "java.rmi/sun.rmi.registry.RegistryImpl", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("java on PATH");
+            let jvm = TestJvm(child);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !super::handles_sigquit(jvm.pid()) {
+                assert!(Instant::now() < deadline, "the JVM never started");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            jvm
+        }
+
+        pub fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+
+        pub fn is_running(&mut self) -> bool {
+            self.0.try_wait().is_ok_and(|s| s.is_none())
+        }
+    }
+
+    impl Drop for TestJvm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }

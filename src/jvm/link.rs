@@ -58,34 +58,16 @@ mod tests {
         assert!(text.contains("sparkvisor/agent/LinkLoadedClasses.class"));
     }
 
-    /// A real JVM (Java's RMI registry, which runs until killed) runs the
-    /// agent through its attach socket and the jar is gone afterwards.
+    /// A real JVM runs the agent through its attach socket and the jar is
+    /// gone afterwards.
     #[test]
     fn a_real_jvm_runs_the_agent() {
-        use std::process::{Command, Stdio};
-        use std::time::Instant;
         let tmp = tempfile::tempdir().unwrap();
         let jar = tmp.path().join("sparkvisor-test.a1.link.jar");
-        let mut jvm = Command::new("java")
-            .args(["-m", "java.rmi/sun.rmi.registry.RegistryImpl", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("java on PATH");
-        let pid = jvm.id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let result = loop {
-            if attach::handles_sigquit(pid) {
-                break link_loaded_classes(pid, &jar, Duration::from_secs(60));
-            }
-            assert!(Instant::now() < deadline, "the JVM never started");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let alive = jvm.try_wait().unwrap().is_none();
-        let _ = jvm.kill();
-        let _ = jvm.wait();
+        let mut jvm = attach::test_jvm::TestJvm::start();
+        let result = link_loaded_classes(jvm.pid(), &jar, Duration::from_secs(60));
+        assert!(jvm.is_running(), "the JVM survived the agent");
         result.expect("the agent ran");
-        assert!(alive, "the JVM survived the agent");
         assert!(!jar.exists(), "the jar is removed");
     }
 

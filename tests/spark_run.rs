@@ -171,10 +171,10 @@ fn spark_is_restarted_after_sigkill_and_resumes_from_its_checkpoint() {
         metric(s.port, "sparkvisor_child_up").expect("metric in /metrics"),
         1.0
     );
-    assert_eq!(
-        metric(s.port, "sparkvisor_ready").expect("metric in /metrics"),
-        1.0
-    );
+    // Readiness follows Spark's REST API on its own poll interval.
+    wait_for("sparkvisor_ready 1", SPARK_START, || {
+        (metric(s.port, "sparkvisor_ready")? == 1.0).then_some(())
+    });
     let st = sv.status().unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["attempt"], 3);

@@ -1,8 +1,10 @@
 //! Warm restarts with real Spark: sparkvisor has the running driver write
 //! a class-data-sharing archive, a restarted driver maps it (the JVM's own
 //! CDS log says so), a damaged or rejected archive never stops the app and
-//! is rebuilt, a new jar set gets a new key, and with attaching ruled out
-//! the archive written at a graceful stop serves the next start.
+//! is rebuilt, a new jar set gets a new key, a stop while the driver
+//! writes its archive waits for it (the JVM must not begin its shutdown
+//! then), and with attaching ruled out the archive written at a graceful
+//! stop serves the next start.
 
 mod common;
 
@@ -14,7 +16,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const SPARK_START: Duration = Duration::from_secs(240);
-/// First commit plus writing an archive of ~100–170 MB on a busy machine.
+/// First commit plus writing an archive of ~100–180 MB on a busy machine.
 const DUMP: Duration = Duration::from_secs(420);
 
 struct Setup {
@@ -143,8 +145,7 @@ fn kill_jvm_and_wait_attempt(sv: &mut Running, attempt: u32) -> i32 {
 }
 
 fn stop(mut sv: Running) -> String {
-    let host = sv.pid();
-    send(host, Signal::SIGTERM);
+    send(sv.pid(), Signal::SIGTERM);
     let code = sv.wait_exit(Duration::from_secs(120));
     let log = sv.log_text();
     assert_eq!(code, 0, "{log}");
@@ -389,4 +390,32 @@ fn with_attaching_ruled_out_the_archive_written_at_a_graceful_stop_serves_the_ne
         (last_commit(&s.query())? > before).then_some(())
     });
     stop(sv);
+}
+
+#[test]
+fn a_stop_while_the_driver_writes_its_archive_waits_for_it() {
+    let _spark = spark_lock();
+    let s = Setup::new("");
+    let sv = s.start();
+    sv.wait_status("the driver to link or dump", DUMP, |st| {
+        let dump = &jvm(st)["attempt"]["dump"];
+        dump == "linking" || dump == "dumping"
+    });
+    let log = stop(sv);
+    assert!(
+        log.contains("stopping it once that is done"),
+        "the stop waited for the dump:\n{log}"
+    );
+    assert!(
+        !log.contains("A fatal error has been detected"),
+        "the JVM crashed:\n{log}"
+    );
+    assert!(log.contains("class=\"stopped\""), "{log}");
+    let archives: Vec<_> = std::fs::read_dir(s.dir.path().join("data/jvm-archive"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsa"))
+        .collect();
+    assert_eq!(archives.len(), 1, "the archive was written: {archives:?}");
 }

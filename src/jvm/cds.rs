@@ -16,7 +16,12 @@
 //! starts cold and makes a new one); the gauge
 //! `sparkvisor_jvm_cds_archive_used` is 1 only while the current attempt's
 //! JVM runs with the archive, as its own log says; the watcher belongs to
-//! one attempt and is cancelled when that attempt ends.
+//! one attempt and is cancelled when that attempt ends. A JVM never gets a
+//! stop signal while it links or dumps on request: Java 17 crashed here
+//! when its shutdown began right after a `VM.cds dynamic_dump` request
+//! (the exit path dumped a second time, concurrently), so the supervisor
+//! waits for [`Cds::quiesce`] before signalling, and no dump starts once a
+//! stop has begun.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,6 +84,9 @@ struct Inner {
     setup: Setup,
     checkpoint_dir: Option<PathBuf>,
     state: Mutex<State>,
+    /// Held while a running JVM links or dumps on request; holds the last
+    /// attempt whose stop has begun (no dump may start in it).
+    gate: Arc<tokio::sync::Mutex<Option<u32>>>,
 }
 
 /// Cheap to clone; shared by the supervisor loop and the attempt watcher.
@@ -143,7 +151,40 @@ impl Cds {
                 setup,
                 checkpoint_dir,
                 state: Mutex::new(state),
+                gate: Arc::new(tokio::sync::Mutex::new(None)),
             }),
+        }
+    }
+
+    /// Before the supervisor signals `attempt`'s JVM to stop: no dump
+    /// starts in that attempt any more, and the returned future ends when
+    /// a dump in progress has finished, or after `limit`, whichever comes
+    /// first (true when nothing was left in progress).
+    pub fn quiesce(&self, attempt: u32, limit: Duration) -> impl Future<Output = bool> + 'static {
+        let gate = self.inner.gate.clone();
+        async move {
+            if let Ok(mut closed) = gate.try_lock() {
+                *closed = Some(attempt);
+                return true;
+            }
+            info!(
+                attempt,
+                limit_ms = limit.as_millis() as u64,
+                "the driver is writing its CDS archive: stopping it once that is done"
+            );
+            match tokio::time::timeout(limit, gate.lock()).await {
+                Ok(mut closed) => {
+                    *closed = Some(attempt);
+                    true
+                }
+                Err(_) => {
+                    warn!(
+                        attempt,
+                        "the driver is still writing its CDS archive; stopping it anyway"
+                    );
+                    false
+                }
+            }
         }
     }
 
@@ -523,6 +564,16 @@ async fn dump_while_running(
             true,
         );
     }
+    // No stop signal reaches the JVM while it links or dumps (see the
+    // module doc); none may have begun already.
+    let gate = inner.gate.clone();
+    let closed = gate.lock().await;
+    if *closed == Some(attempt) {
+        inner.update(shared, attempt, |st| {
+            st.attempt.dump = "skipped: the app is stopping".into()
+        });
+        return;
+    }
     info!(attempt, pid, file = %partial.display(), "the driver committed a batch: asking it to write its CDS archive");
     let t0 = Instant::now();
     let feature = inner.setup.java.as_ref().map_or(0, |j| j.feature);
@@ -547,6 +598,8 @@ async fn dump_while_running(
     inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
     let command = format!("VM.cds dynamic_dump {}", partial.display());
     let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
+    // `closed` is held until the archive is promoted, so that a stop does
+    // not cut the promotion short either.
     match res {
         Ok(Ok(out)) => {
             let log = tokio::fs::read_to_string(&inner.setup.log_path)

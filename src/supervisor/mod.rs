@@ -60,6 +60,9 @@ struct Ended {
 /// After a stall, the JVM gets this long to print its thread dump (SIGQUIT)
 /// before the attempt is killed.
 const STALL_DUMP_WAIT: Duration = Duration::from_secs(3);
+/// Longest a graceful stop waits for a CDS dump in progress before it
+/// signals the app (also at most half of `supervisor.stop_grace`).
+const QUIESCE_MAX: Duration = Duration::from_secs(60);
 
 pub struct Supervisor {
     ctx: RunContext,
@@ -405,6 +408,8 @@ impl Supervisor {
         let mut stop_requested = false;
         let mut stalled = false;
         let mut deadline: Option<tokio::time::Instant> = None;
+        // A graceful stop signals the app once no CDS dump is in progress.
+        let mut stop_when_quiet = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -442,6 +447,7 @@ impl Supervisor {
                         warn!(signal = %sig, "second stop signal: killing the app now");
                         child::kill_tree(Some(pid));
                         deadline = None;
+                        stop_when_quiet = None;
                     }
                     Request::Stop(sig) => {
                         stop_requested = true;
@@ -452,12 +458,17 @@ impl Supervisor {
                             grace_ms = grace.as_millis() as u64,
                             "graceful stop: signalling the app"
                         );
-                        if let Err(e) = child::signal(pid, self.stop_signal) {
-                            warn!(error = %e, "cannot signal the app");
-                        }
+                        let wait = (grace / 2).min(QUIESCE_MAX);
+                        stop_when_quiet = Some(Box::pin(self.ctx.cds.quiesce(attempt, wait)));
                         deadline = Some(tokio::time::Instant::now() + grace);
                     }
                 },
+                _ = async { stop_when_quiet.as_mut().expect("guarded").await }, if stop_when_quiet.is_some() => {
+                    stop_when_quiet = None;
+                    if let Err(e) = child::signal(pid, self.stop_signal) {
+                        warn!(error = %e, "cannot signal the app");
+                    }
+                }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     if !stalled || stop_requested {
                         warn!(grace_ms = grace.as_millis() as u64, "the app did not stop within supervisor.stop_grace: killing it");

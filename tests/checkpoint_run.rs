@@ -162,11 +162,17 @@ fn torn_commit_is_quarantined_and_spark_resumes_only_with_repair() {
     drop(sv);
     // Besides the torn commit, the stops may have left temp files of
     // interrupted writes; `inspect` lists everything a repair will do.
-    let out = Command::new(bin())
-        .args(["checkpoint", "inspect", "--format", "json"])
-        .arg(d.join("checkpoint"))
-        .output()
-        .unwrap();
+    let root = d.join("checkpoint");
+    let out = sparkvisor(
+        &[
+            "checkpoint",
+            "inspect",
+            "--format",
+            "json",
+            root.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{out:?}");
     let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let planned: Vec<&serde_json::Value> = inspected["queries"]

@@ -6,9 +6,10 @@
 //! When is the first archive made? With the Java 17+ strategy, by the
 //! first attempt, right after its first committed batch (a one-off pause
 //! of a few seconds while the JVM links its classes and writes ~100–180
-//! MB); every later start of the pod maps it. With dump-at-exit (Java 13–16, or attaching ruled out)
-//! only a normal JVM exit writes it: until then every restart after a
-//! SIGKILL or OOM kill is cold and keeps asking for the archive at exit.
+//! MB); every later start of the pod maps it. With dump-at-exit (Java
+//! 13–16, or attaching ruled out) only a normal JVM exit writes it: until
+//! then every restart after a SIGKILL or OOM kill is cold and keeps asking
+//! for the archive at exit.
 //!
 //! Invariants: an archive is offered only after `Store::check` passed; a
 //! JVM that rejects an offered archive, or an attempt that crashes with a
@@ -86,7 +87,7 @@ struct Inner {
     state: Mutex<State>,
     /// Held while a running JVM links or dumps on request; holds the last
     /// attempt whose stop has begun (no dump may start in it).
-    gate: Arc<tokio::sync::Mutex<Option<u32>>>,
+    gate: tokio::sync::Mutex<Option<u32>>,
 }
 
 /// Cheap to clone; shared by the supervisor loop and the attempt watcher.
@@ -151,7 +152,7 @@ impl Cds {
                 setup,
                 checkpoint_dir,
                 state: Mutex::new(state),
-                gate: Arc::new(tokio::sync::Mutex::new(None)),
+                gate: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -161,30 +162,28 @@ impl Cds {
     /// a dump in progress has finished, or after `limit`, whichever comes
     /// first (true when nothing was left in progress).
     pub fn quiesce(&self, attempt: u32, limit: Duration) -> impl Future<Output = bool> + 'static {
-        let gate = self.inner.gate.clone();
+        let inner = self.inner.clone();
         async move {
-            if let Ok(mut closed) = gate.try_lock() {
-                *closed = Some(attempt);
-                return true;
-            }
-            info!(
-                attempt,
-                limit_ms = limit.as_millis() as u64,
-                "the driver is writing its CDS archive: stopping it once that is done"
-            );
-            match tokio::time::timeout(limit, gate.lock()).await {
-                Ok(mut closed) => {
-                    *closed = Some(attempt);
-                    true
-                }
+            let mut closed = match inner.gate.try_lock() {
+                Ok(closed) => closed,
                 Err(_) => {
-                    warn!(
+                    info!(
                         attempt,
-                        "the driver is still writing its CDS archive; stopping it anyway"
+                        limit_ms = limit.as_millis() as u64,
+                        "the driver is writing its CDS archive: stopping it once that is done"
                     );
-                    false
+                    let Ok(closed) = tokio::time::timeout(limit, inner.gate.lock()).await else {
+                        warn!(
+                            attempt,
+                            "the driver is still writing its CDS archive; stopping it anyway"
+                        );
+                        return false;
+                    };
+                    closed
                 }
-            }
+            };
+            *closed = Some(attempt);
+            true
         }
     }
 
@@ -566,8 +565,7 @@ async fn dump_while_running(
     }
     // No stop signal reaches the JVM while it links or dumps (see the
     // module doc); none may have begun already.
-    let gate = inner.gate.clone();
-    let closed = gate.lock().await;
+    let closed = inner.gate.lock().await;
     if *closed == Some(attempt) {
         inner.update(shared, attempt, |st| {
             st.attempt.dump = "skipped: the app is stopping".into()

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sparkvisor::checkpoint::replicate::{ReplicaConfig, Replicator};
-use sparkvisor::checkpoint::s3client::{Location, S3Settings, Store};
+use sparkvisor::replica::replicate::{ReplicaConfig, Replicator};
+use sparkvisor::s3::{Location, S3Settings, Store};
 
 struct Args {
     dir: PathBuf,

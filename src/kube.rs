@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::httpclient::{HttpError, HttpsClient};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-const MAX_RESPONSE: u64 = 8 << 20;
+const MAX_RESPONSE: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -57,7 +57,7 @@ pub struct InCluster {
     host: String,
     port: u16,
     token_file: PathBuf,
-    tls: Arc<rustls::ClientConfig>,
+    client: HttpsClient,
 }
 
 impl InCluster {
@@ -104,7 +104,7 @@ impl InCluster {
             host,
             port,
             token_file,
-            tls: Arc::new(tls),
+            client: HttpsClient::new(Arc::new(tls)),
         })
     }
 
@@ -144,46 +144,32 @@ impl InCluster {
                 path: self.token_file.clone(),
                 source,
             })?;
-        let addr = format!("{}:{}", self.host, self.port);
-        let connect_err = |reason: String| KubeError::Connect {
-            addr: addr.clone(),
-            reason,
-        };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let name =
-            ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.to_string()))?;
-        let mut tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
-        let host_header = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            addr.clone()
+            self.host.clone()
         };
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            token.trim()
-        );
-        tls.write_all(req.as_bytes())
+        let addr = format!("{host}:{}", self.port);
+        let bearer = format!("Bearer {}", token.trim());
+        let uri = format!("https://{addr}{path}");
+        let answer = self
+            .client
+            .send(
+                method,
+                &uri,
+                &[("authorization", &bearer), ("accept", "application/json")],
+                TIMEOUT,
+                MAX_RESPONSE,
+            )
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut buf = Vec::new();
-        // A server may close without close_notify; keep what arrived.
-        let _ = (&mut tls).take(MAX_RESPONSE).read_to_end(&mut buf).await;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| connect_err("no HTTP response".into()))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+            .map_err(|e| match e {
+                HttpError::Timeout(_) => KubeError::Timeout,
+                e => KubeError::Connect {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        Ok((answer.status, answer.body))
     }
 }
 
@@ -192,20 +178,18 @@ pub fn executor_selector(app_id: &str) -> String {
     format!("spark-app-selector={app_id},spark-role=executor")
 }
 
-/// Percent-encodes everything but unreserved characters.
+/// Everything but RFC 3986's unreserved characters is percent-encoded.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
-/// Items in a (possibly chunked) PodList answer.
+/// Items in a PodList answer.
 fn count_items(body: &str) -> usize {
     json_of(body)
         .and_then(|v| v.get("items").and_then(|i| i.as_array()).map(Vec::len))
@@ -224,9 +208,7 @@ fn api_message(body: &str) -> String {
 }
 
 fn json_of(body: &str) -> Option<serde_json::Value> {
-    let start = body.find('{')?;
-    let end = body.rfind('}')?;
-    serde_json::from_str(body.get(start..=end)?).ok()
+    serde_json::from_str(body).ok()
 }
 
 #[cfg(test)]

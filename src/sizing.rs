@@ -101,44 +101,10 @@ pub fn decide(input: &SizingInput) -> Result<Sizing, SizingError> {
     let cfg = input.config;
     let mut notes = Vec::new();
 
-    // ---- CPU ----
     let host_cpus = input.host.cpus.max(1) as f64;
     let (cpu_limit, cpu_source) = cpu_limit(input, host_cpus)?;
-    let effective_cpus = cpu_limit.unwrap_or(host_cpus);
-    let n = round_cpus(effective_cpus, cfg.cpu_rounding);
-    let rule = match cfg.cpu_rounding {
-        CpuRounding::Ceil => "ceil",
-        CpuRounding::Floor => "floor",
-        CpuRounding::Nearest => "nearest",
-    };
-    let mut local_threads_rule = format!(
-        "{rule}({}) = {n} (sizing.cpu_rounding = \"{rule}\", at least 1)",
-        trim_float(effective_cpus)
-    );
-    let mut local_threads = n;
+    let threads = threads(input, cpu_limit.unwrap_or(host_cpus));
 
-    let mut master = None;
-    match (input.mode, input.user_master) {
-        (Mode::Local, Some(user)) => {
-            if let Some(t) = threads_of_local_master(user, n) {
-                local_threads = t;
-            }
-            local_threads_rule = format!(
-                "spark.master = {user:?} from spark.conf (user value wins; computed local[{n},{}] not used)",
-                cfg.local_max_failures
-            );
-        }
-        (Mode::Local, None) => {
-            master = Some(format!("local[{n},{}]", cfg.local_max_failures));
-        }
-        (Mode::Client, _) => {
-            local_threads_rule = format!(
-                "{local_threads_rule}; client mode: the driver JVM sees {n} processors, executors are sized by spark.client.*"
-            );
-        }
-    }
-
-    // ---- memory ----
     let (mem_limit, memory_source) = memory_limit(input)?;
     let effective_mem = mem_limit.unwrap_or(input.host.memory_bytes);
     let fraction_bytes = (effective_mem as f64 * cfg.memory_overhead_fraction) as u64;
@@ -157,92 +123,172 @@ pub fn decide(input: &SizingInput) -> Result<Sizing, SizingError> {
     } else {
         0
     };
-
-    let (driver_memory_bytes, driver_memory_rule, driver_memory_arg) = match input
-        .user_driver_memory
-    {
-        Some(user) => {
-            let bytes = parse_spark_memory(user).ok_or_else(|| SizingError::BadUserMemory {
-                value: user.to_string(),
-            })?;
-            if let Some(limit) = mem_limit
-                && bytes.saturating_add(overhead).saturating_add(python) > limit
-            {
-                notes.push(format!(
-                        "spark.driver.memory {} plus {} overhead{} exceeds the memory limit {}: the kernel may OOM-kill the driver",
-                        format_size(bytes),
-                        format_size(overhead),
-                        if python > 0 { format!(" and {} for Python", format_size(python)) } else { String::new() },
-                        format_size(limit)
-                    ));
-            }
-            (
-                bytes,
-                format!("spark.driver.memory = {user:?} from spark.conf (user value wins)"),
-                None,
-            )
-        }
-        None => {
-            if effective_mem < MIN_MEMORY_LIMIT {
-                return Err(SizingError::LimitTooSmall {
-                    limit: effective_mem,
-                    origin: memory_source,
-                });
-            }
-            let heap = effective_mem
-                .saturating_sub(overhead)
-                .saturating_sub(python);
-            let heap = heap / MIB * MIB;
-            if heap < MIN_HEAP {
-                return Err(SizingError::HeapTooSmall {
-                    limit: effective_mem,
-                    origin: memory_source,
-                    heap,
-                    overhead,
-                    python,
-                });
-            }
-            let rule = if python > 0 {
-                format!(
-                    "{} limit − {} overhead − {} Python allowance (sizing.python_memory; the app is PySpark) = {}, rounded down to MiB",
-                    format_size(effective_mem),
-                    format_size(overhead),
-                    format_size(python),
-                    format_size(heap)
-                )
-            } else {
-                format!(
-                    "{} limit − {} overhead = {}, rounded down to MiB",
-                    format_size(effective_mem),
-                    format_size(overhead),
-                    format_size(heap)
-                )
-            };
-            (heap, rule, Some(format!("{}m", heap / MIB)))
-        }
+    let budget = MemoryBudget {
+        limit: mem_limit,
+        effective: effective_mem,
+        source: &memory_source,
+        overhead,
+        python,
+    };
+    let heap = match input.user_driver_memory {
+        Some(user) => user_heap(user, &budget, &mut notes)?,
+        None => computed_heap(&budget)?,
     };
 
     let jvm_flags = vec![
-        format!("-XX:ActiveProcessorCount={local_threads}"),
+        format!("-XX:ActiveProcessorCount={}", threads.local_threads),
         "-XX:+ExitOnOutOfMemoryError".to_string(),
     ];
 
     Ok(Sizing {
         cpu_limit_cores: cpu_limit,
         cpu_source,
-        local_threads,
-        local_threads_rule,
+        local_threads: threads.local_threads,
+        local_threads_rule: threads.rule,
         memory_limit_bytes: mem_limit,
         memory_source,
         overhead_bytes: overhead,
         overhead_rule,
         python_bytes: python,
-        driver_memory_bytes,
-        driver_memory_rule,
-        driver_memory_arg,
-        master,
+        driver_memory_bytes: heap.bytes,
+        driver_memory_rule: heap.rule,
+        driver_memory_arg: heap.arg,
+        master: threads.master,
         jvm_flags,
         notes,
+    })
+}
+
+/// `N` of `local[N,F]` (the driver's processor count in client mode).
+struct Threads {
+    local_threads: u32,
+    rule: String,
+    /// `local[N,F]`, unless the user set `spark.master` or in client mode.
+    master: Option<String>,
+}
+
+fn threads(input: &SizingInput, effective_cpus: f64) -> Threads {
+    let cfg = input.config;
+    let n = round_cpus(effective_cpus, cfg.cpu_rounding);
+    let rule = match cfg.cpu_rounding {
+        CpuRounding::Ceil => "ceil",
+        CpuRounding::Floor => "floor",
+        CpuRounding::Nearest => "nearest",
+    };
+    let computed_rule = format!(
+        "{rule}({}) = {n} (sizing.cpu_rounding = \"{rule}\", at least 1)",
+        trim_float(effective_cpus)
+    );
+    match (input.mode, input.user_master) {
+        (Mode::Local, Some(user)) => Threads {
+            local_threads: threads_of_local_master(user, n).unwrap_or(n),
+            rule: format!(
+                "spark.master = {user:?} from spark.conf (user value wins; computed local[{n},{}] not used)",
+                cfg.local_max_failures
+            ),
+            master: None,
+        },
+        (Mode::Local, None) => Threads {
+            local_threads: n,
+            rule: computed_rule,
+            master: Some(format!("local[{n},{}]", cfg.local_max_failures)),
+        },
+        (Mode::Client, _) => Threads {
+            local_threads: n,
+            rule: format!(
+                "{computed_rule}; client mode: the driver JVM sees {n} processors, executors are sized by spark.client.*"
+            ),
+            master: None,
+        },
+    }
+}
+
+/// What the driver heap must leave room for.
+struct MemoryBudget<'a> {
+    limit: Option<u64>,
+    /// The limit, else the host's memory.
+    effective: u64,
+    source: &'a str,
+    overhead: u64,
+    python: u64,
+}
+
+struct Heap {
+    bytes: u64,
+    rule: String,
+    /// `--driver-memory` (None when the user's value is used).
+    arg: Option<String>,
+}
+
+/// The user's `spark.driver.memory` wins; a note when it cannot fit.
+fn user_heap(user: &str, b: &MemoryBudget, notes: &mut Vec<String>) -> Result<Heap, SizingError> {
+    let bytes = parse_spark_memory(user).ok_or_else(|| SizingError::BadUserMemory {
+        value: user.to_string(),
+    })?;
+    if let Some(limit) = b.limit
+        && bytes.saturating_add(b.overhead).saturating_add(b.python) > limit
+    {
+        notes.push(format!(
+            "spark.driver.memory {} plus {} overhead{} exceeds the memory limit {}: the kernel may OOM-kill the driver",
+            format_size(bytes),
+            format_size(b.overhead),
+            if b.python > 0 {
+                format!(" and {} for Python", format_size(b.python))
+            } else {
+                String::new()
+            },
+            format_size(limit)
+        ));
+    }
+    Ok(Heap {
+        bytes,
+        rule: format!("spark.driver.memory = {user:?} from spark.conf (user value wins)"),
+        arg: None,
+    })
+}
+
+/// limit − overhead − Python allowance, rounded down to MiB.
+fn computed_heap(b: &MemoryBudget) -> Result<Heap, SizingError> {
+    if b.effective < MIN_MEMORY_LIMIT {
+        return Err(SizingError::LimitTooSmall {
+            limit: b.effective,
+            origin: b.source.to_string(),
+        });
+    }
+    let heap = b
+        .effective
+        .saturating_sub(b.overhead)
+        .saturating_sub(b.python);
+    let heap = heap / MIB * MIB;
+    if heap < MIN_HEAP {
+        return Err(SizingError::HeapTooSmall {
+            limit: b.effective,
+            origin: b.source.to_string(),
+            heap,
+            overhead: b.overhead,
+            python: b.python,
+        });
+    }
+    let rule = if b.python > 0 {
+        format!(
+            "{} limit − {} overhead − {} Python allowance (sizing.python_memory; the app is PySpark) = {}, rounded down to MiB",
+            format_size(b.effective),
+            format_size(b.overhead),
+            format_size(b.python),
+            format_size(heap)
+        )
+    } else {
+        format!(
+            "{} limit − {} overhead = {}, rounded down to MiB",
+            format_size(b.effective),
+            format_size(b.overhead),
+            format_size(heap)
+        )
+    };
+    Ok(Heap {
+        bytes: heap,
+        rule,
+        arg: Some(format!("{}m", heap / MIB)),
     })
 }
 

@@ -250,7 +250,8 @@ fn entrypoint_and_user_match_the_chart() {
 #[test]
 fn example_spark_defaults_load_through_sparkvisor() {
     let example = repo().join("config/spark-defaults.conf");
-    let parsed = sparkvisor::submit::properties::parse(&std::fs::read_to_string(&example).unwrap());
+    let parsed = sparkvisor::submit::properties::parse(&std::fs::read_to_string(&example).unwrap())
+        .expect("the example parses");
     assert!(parsed.len() >= 5, "{parsed:?}");
     // Nothing sparkvisor computes from the pod.
     for computed in [

@@ -13,13 +13,13 @@ use common::s3::{BUCKET, S3Server};
 use common::spark::SparkJob;
 use common::spark_lock;
 use common::{bin, wait_for};
-use sparkvisor::checkpoint::manifest::{self, ManifestId};
-use sparkvisor::checkpoint::replicate::{ReplicaConfig, Replicator, SyncOutcome};
-use sparkvisor::checkpoint::restore::{
+use sparkvisor::replica::manifest::{self, ManifestId};
+use sparkvisor::replica::replicate::{ReplicaConfig, Replicator, SyncOutcome};
+use sparkvisor::replica::restore::{
     self, RestoreError, RestoreOutcome, restore_if_needed_with, restore_to,
 };
-use sparkvisor::checkpoint::s3client::Store;
-use sparkvisor::checkpoint::snapshot;
+use sparkvisor::replica::snapshot;
+use sparkvisor::s3::Store;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -1033,7 +1033,7 @@ async fn restore_into_a_mount_point_moves_files_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_remote_reports_the_newest_manifest() {
-    use sparkvisor::checkpoint::s3inspect::inspect_remote;
+    use sparkvisor::replica::inspect::inspect_remote;
     let server = S3Server::start();
     let store = server.store().await;
     let loc = server.location("inspect");
@@ -1075,7 +1075,7 @@ async fn inspect_remote_reports_the_newest_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_app_and_py_files_are_downloaded_before_launch() {
-    use sparkvisor::checkpoint::artifacts::{ArtifactError, fetch_remote_artifacts};
+    use sparkvisor::artifacts::{ArtifactError, fetch_remote_artifacts};
     use sparkvisor::config::SparkConfig;
     let server = S3Server::start();
     let store = server.store().await;

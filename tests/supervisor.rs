@@ -320,11 +320,15 @@ wait
     assert_eq!(st["restarts_in_window"], 2);
     assert_eq!(st["last_exit"]["class"], "failed");
     assert_eq!(st["last_exit"]["code"], 1);
-    let starts: Vec<f64> = std::fs::read_to_string(c.path("starts"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    // The third attempt runs before its script has written its line.
+    let starts: Vec<f64> = wait_for("three recorded starts", Duration::from_secs(20), || {
+        let starts: Vec<f64> = std::fs::read_to_string(c.path("starts"))
+            .ok()?
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        (starts.len() >= 3).then_some(starts)
+    });
     assert_eq!(starts.len(), 3);
     let (d1, d2) = (starts[1] - starts[0], starts[2] - starts[1]);
     eprintln!("backoff delays: {d1:.3}s then {d2:.3}s (initial 1s, ±20% jitter)");

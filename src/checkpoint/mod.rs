@@ -1,20 +1,16 @@
-//! Checkpoint awareness: the local Structured Streaming checkpoint (reading,
-//! progress and stall decisions, repair of torn trailing files, `inspect`)
-//! and its replica in S3 (snapshot, manifests, replication, restore).
-//! Each submodule owns one job; see its own doc for the invariants.
+//! The Structured Streaming checkpoint on local disk: its file formats
+//! (`logfile`), reading a root of one or more queries (`layout`),
+//! per-query progress and the stall decision (`progress`), repair of torn
+//! trailing files (`repair`) and the `checkpoint inspect` report
+//! (`inspect`). Nothing here talks to S3 or knows about the supervisor;
+//! the replica lives in `crate::replica`. Each submodule's doc states its
+//! invariants.
 
-pub mod artifacts;
 pub mod inspect;
 pub mod layout;
 pub mod logfile;
-pub mod manifest;
 pub mod progress;
 pub mod repair;
-pub mod replicate;
-pub mod restore;
-pub mod s3client;
-pub mod s3inspect;
-pub mod snapshot;
 
 pub use inspect::{Inspection, inspect};
 pub use layout::LayoutError;

@@ -333,7 +333,7 @@ fn move_file(from: &Path, to: &Path) -> Result<(), RepairError> {
     }
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EXDEV as i32) => {
             fs::copy(from, to).map_err(io_err("copy", from))?;
             fs::File::open(to)
                 .and_then(|f| f.sync_all())

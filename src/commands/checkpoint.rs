@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use super::OutputFormat;
 use crate::checkpoint::inspect::{Inspection, QueryInspection};
-use crate::checkpoint::s3client::{Location, S3Settings, Store};
-use crate::checkpoint::s3inspect::{self, inspect_remote};
 use crate::checkpoint::{LayoutError, inspect};
 use crate::config::{self, ConfigError, Overrides, Source};
+use crate::replica::inspect::{self as remote, inspect_remote};
+use crate::s3::{Location, S3Settings, Store};
 use crate::{Error, Result};
 
 /// Inspects the checkpoint at `location` (a local folder, or `s3://…` for
@@ -67,7 +67,7 @@ fn inspect_s3(overrides: &Overrides, location: &str, format: OutputFormat) -> Re
             s.push('\n');
             s
         }
-        OutputFormat::Text => s3inspect::render_text(&report),
+        OutputFormat::Text => remote::render_text(&report),
     })
 }
 

@@ -20,15 +20,15 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
     let loaded = config::load(overrides)?;
     let resolved = config::resolve(&loaded)?;
     let system = SystemView::detect()?;
-    let base = submit::build_first(&loaded, &resolved, &system)?;
-    // Class-data sharing: decided from the JVM spark-submit will run and
-    // the plan without CDS options; the first attempt's options go in.
-    let cds = jvm::Setup::detect(&loaded, &resolved, &base);
+    // One direction: what every attempt shares, then the JVM and the
+    // class-data-sharing decision from it, then the first attempt's plan.
+    let prepared = submit::prepare(&loaded, &resolved, &system)?;
+    let cds = jvm::Setup::detect(&loaded, &resolved, &prepared);
     let (cds_flags, archive) = cds.first_attempt();
     let plan = submit::build(
         &loaded,
         &resolved,
-        &system,
+        &prepared,
         &LaunchOptions {
             attempt: 1,
             extra_driver_java_options: cds_flags.clone(),

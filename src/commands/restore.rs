@@ -7,10 +7,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::checkpoint::restore::{RestoreOutcome, restore_to};
-use crate::checkpoint::s3client::{Location, S3Settings, Store};
 use crate::config::units::format_size;
 use crate::config::{self, ConfigError, Overrides, Source};
+use crate::replica::restore::{RestoreOutcome, restore_to};
+use crate::s3::{Location, S3Settings, Store};
 use crate::{Error, Result};
 
 pub fn restore(overrides: &Overrides, from: &str, to: &Path) -> Result<String> {

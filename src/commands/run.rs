@@ -1,16 +1,20 @@
 //! `sparkvisor run`: the container entrypoint. Validates everything up
-//! front (bad configuration exits 2 before anything starts), then runs the
-//! HTTP server and the supervisor on a small tokio runtime.
+//! front (bad configuration exits 2 before anything starts), then wires the
+//! tasks together on a small tokio runtime: the probe server, the Spark API
+//! poller, the checkpoint watcher and the supervisor loop, joined by typed
+//! channels (`crate::attempt`).
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::{self, Overrides};
-use crate::state::Shared;
-use crate::submit::{self, SystemView};
+use crate::observe::{progress, spark_api};
+use crate::status::Shared;
+use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
-use crate::{Error, Result, http, jvm, logging, preflight};
+use crate::{Error, Result, attempt, http, jvm, logging, preflight};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -19,12 +23,21 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
     let resolved = config::resolve(&loaded)?;
     preflight::check(&loaded, &resolved)?;
     let system = SystemView::detect()?;
-    // Fail on sizing or plan errors now, not in the restart loop.
-    let first = submit::build_first(&loaded, &resolved, &system)?;
+    let prepared = submit::prepare(&loaded, &resolved, &system)?;
+    // Fail on plan errors now, not in the restart loop.
+    submit::build(
+        &loaded,
+        &resolved,
+        &prepared,
+        &LaunchOptions {
+            attempt: 1,
+            ..Default::default()
+        },
+    )?;
     // Detects the driver's JVM (runs `java -version`) before the reaper owns
     // every wait, and verifies the archive directory.
     let cds = jvm::Cds::new(
-        jvm::Setup::detect(&loaded, &resolved, &first),
+        jvm::Setup::detect(&loaded, &resolved, &prepared),
         loaded.config.checkpoint.dir.clone(),
     );
 
@@ -54,17 +67,35 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             ))
         })?;
         tokio::spawn(http::serve(listener, shared.clone()));
-        tokio::spawn(http::poll_spark(
+        let (current_tx, current_rx) = attempt::current_channel();
+        let (spark_tx, spark_rx) = attempt::spark_channel();
+        tokio::spawn(spark_api::poll(
             shared.clone(),
             loaded.config.probes.spark_ui.clone(),
             loaded.config.probes.poll_interval.get(),
+            current_rx.clone(),
+            spark_tx,
+        ));
+        let (stall_tx, stalls) = mpsc::channel(16);
+        tokio::spawn(progress::watch(
+            shared.clone(),
+            loaded.config.checkpoint.clone(),
+            progress::Inputs {
+                current: current_rx,
+                spark: spark_rx.clone(),
+            },
+            stall_tx,
         ));
         let ctx = RunContext {
             loaded,
             resolved,
             system,
+            prepared,
             shared,
             cds,
+            current: current_tx,
+            spark: spark_rx,
+            stalls,
         };
         let sup = Supervisor::new(ctx).map_err(|e| Error::io("installing signal handlers", e))?;
         Ok(sup.run().await)

@@ -386,24 +386,10 @@ fn flag_name(key: &[&str]) -> String {
 fn did_you_mean<'a>(field: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
         .iter()
-        .map(|e| (edit_distance(field, e), *e))
+        .map(|e| (strsim::levenshtein(field, e), *e))
         .filter(|(d, e)| *d <= 2.max(e.len() / 4))
         .min()
         .map(|(_, e)| e)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// A figment provider over one already-read layer.
@@ -599,9 +585,10 @@ mod tests {
     }
 
     #[test]
-    fn edit_distance_is_levenshtein() {
-        assert_eq!(edit_distance("max_restart", "max_restarts"), 1);
-        assert_eq!(edit_distance("abc", "abc"), 0);
-        assert_eq!(edit_distance("", "ab"), 2);
+    fn suggestions_for_misspelled_keys() {
+        let keys = ["max_restarts", "restart_window", "stop_grace"];
+        assert_eq!(did_you_mean("max_restart", &keys), Some("max_restarts"));
+        assert_eq!(did_you_mean("stop_grase", &keys), Some("stop_grace"));
+        assert_eq!(did_you_mean("zzz", &keys), None);
     }
 }

@@ -92,10 +92,33 @@ pub fn resolve_with(
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Resolved, ConfigError> {
+    let (spark_home, spark_submit) = resolve_spark_home(loaded, env)?;
+    let app = resolve_app(loaded)?;
+    let client = match loaded.config.spark.mode {
+        Mode::Local => None,
+        Mode::Client => Some(resolve_client(loaded, env)?),
+    };
+    let listen = check_probes(loaded)?;
+    let stop_signal = check_supervisor(loaded)?;
+    check_sizing(loaded)?;
+    check_s3(loaded)?;
+    Ok(Resolved {
+        spark_home,
+        spark_submit,
+        app,
+        client,
+        listen,
+        stop_signal,
+    })
+}
+
+/// `spark.home` (else `SPARK_HOME`) and its executable `bin/spark-submit`.
+fn resolve_spark_home(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Located<PathBuf>, PathBuf), ConfigError> {
     let cfg = &loaded.config;
     let src = |k: &[&str]| loaded.source_of(k);
-
-    // spark.home and spark-submit
     let spark_home = match &cfg.spark.home {
         Some(h) => Located {
             value: h.clone(),
@@ -127,7 +150,14 @@ pub fn resolve_with(
         )
     })?;
 
-    // spark.app
+    Ok((spark_home, spark_submit))
+}
+
+/// `spark.app` (must exist unless remote), `spark.properties_file`, a
+/// user `spark.master` that fits the mode.
+fn resolve_app(loaded: &Loaded) -> Result<Located<String>, ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
     let app = match cfg.spark.app.as_deref().map(str::trim) {
         Some(a) if !a.is_empty() => Located {
             value: a.to_string(),
@@ -173,12 +203,13 @@ pub fn resolve_with(
         })?;
     }
 
-    let client = match cfg.spark.mode {
-        Mode::Local => None,
-        Mode::Client => Some(resolve_client(loaded, env)?),
-    };
+    Ok(app)
+}
 
-    // probes
+/// `probes.listen` and `probes.spark_ui`.
+fn check_probes(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
     let listen: SocketAddr = cfg.probes.listen.parse().map_err(|_| {
         ConfigError::at(
             "probes.listen",
@@ -196,7 +227,13 @@ pub fn resolve_with(
         )
     })?;
 
-    // supervisor
+    Ok(listen)
+}
+
+/// The stop signal, backoff bounds and grace period.
+fn check_supervisor(loaded: &Loaded) -> Result<nix::sys::signal::Signal, ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
     let stop_signal = parse_signal(&cfg.supervisor.stop_signal).map_err(|why| {
         ConfigError::at(
             "supervisor.stop_signal",
@@ -226,7 +263,13 @@ pub fn resolve_with(
         ));
     }
 
-    // sizing
+    Ok(stop_signal)
+}
+
+/// `[sizing]` overrides.
+fn check_sizing(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
     let sz = &cfg.sizing;
     if let Some(c) = sz.cpus
         && !(c > 0.0 && c.is_finite())
@@ -255,7 +298,13 @@ pub fn resolve_with(
         ));
     }
 
-    // checkpoint.s3
+    Ok(())
+}
+
+/// `[checkpoint.s3]`: a valid URI, and a local `checkpoint.dir` to replicate.
+fn check_s3(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
     if let Some(uri) = &cfg.checkpoint.s3.uri {
         parse_s3_uri(uri).map_err(|why| {
             ConfigError::at(
@@ -275,14 +324,7 @@ pub fn resolve_with(
         }
     }
 
-    Ok(Resolved {
-        spark_home,
-        spark_submit,
-        app,
-        client,
-        listen,
-        stop_signal,
-    })
+    Ok(())
 }
 
 fn resolve_client(
@@ -291,49 +333,7 @@ fn resolve_client(
 ) -> Result<ResolvedClient, ConfigError> {
     let c = &loaded.config.spark.client;
     let src = |k: &str| loaded.source_of(&["spark", "client", k]);
-
-    let master = match &c.master {
-        Some(m) => Located {
-            value: m.clone(),
-            source: src("master"),
-        },
-        None => match (
-            env("KUBERNETES_SERVICE_HOST"),
-            env("KUBERNETES_SERVICE_PORT"),
-        ) {
-            (Some(h), Some(p)) => {
-                let host = if h.contains(':') { format!("[{h}]") } else { h };
-                Located {
-                    value: format!("k8s://https://{host}:{p}"),
-                    source: Source::Derived(
-                        "env KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT".into(),
-                    ),
-                }
-            }
-            _ => {
-                return Err(ConfigError::at(
-                    "spark.client.master",
-                    Source::Default,
-                    None,
-                    "not set, and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not in \
-                     the environment (not running in a pod?): set k8s://https://HOST:PORT or \
-                     spark://HOST:PORT",
-                ));
-            }
-        },
-    };
-    let parsed = Master::parse(&master.value).map_err(|why| {
-        ConfigError::at(
-            "spark.client.master",
-            master.source.clone(),
-            Some(format!("{:?}", master.value)),
-            why,
-        )
-    })?;
-    let master = Located {
-        value: parsed,
-        source: master.source,
-    };
+    let master = resolve_master(loaded, env)?;
 
     let from_env = |key: &str, value: &Option<String>, var: &str| -> Option<Located<String>> {
         match value {
@@ -411,6 +411,59 @@ fn resolve_client(
             source: pod_ip.source,
         },
     })
+}
+
+/// `spark.client.master`, else the in-cluster API server from the
+/// environment.
+fn resolve_master(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Located<Master>, ConfigError> {
+    let c = &loaded.config.spark.client;
+    let src = |k: &str| loaded.source_of(&["spark", "client", k]);
+    let master = match &c.master {
+        Some(m) => Located {
+            value: m.clone(),
+            source: src("master"),
+        },
+        None => match (
+            env("KUBERNETES_SERVICE_HOST"),
+            env("KUBERNETES_SERVICE_PORT"),
+        ) {
+            (Some(h), Some(p)) => {
+                let host = if h.contains(':') { format!("[{h}]") } else { h };
+                Located {
+                    value: format!("k8s://https://{host}:{p}"),
+                    source: Source::Derived(
+                        "env KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT".into(),
+                    ),
+                }
+            }
+            _ => {
+                return Err(ConfigError::at(
+                    "spark.client.master",
+                    Source::Default,
+                    None,
+                    "not set, and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not in \
+                     the environment (not running in a pod?): set k8s://https://HOST:PORT or \
+                     spark://HOST:PORT",
+                ));
+            }
+        },
+    };
+    let parsed = Master::parse(&master.value).map_err(|why| {
+        ConfigError::at(
+            "spark.client.master",
+            master.source.clone(),
+            Some(format!("{:?}", master.value)),
+            why,
+        )
+    })?;
+    let master = Located {
+        value: parsed,
+        source: master.source,
+    };
+    Ok(master)
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {

@@ -238,7 +238,7 @@ impl Store {
             key: self.key.clone(),
             size,
             sha256,
-            created_unix: crate::state::unix_now(),
+            created_unix: crate::status::unix_now(),
             made_by: made_by.to_string(),
             java: java.to_string(),
         };

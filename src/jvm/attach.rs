@@ -234,19 +234,45 @@ pub(crate) mod test_jvm {
     pub struct TestJvm(Child);
 
     impl TestJvm {
-        /// Starts it and waits until it handles SIGQUIT (attaching earlier
-        /// would kill it).
+        /// Starts a JVM whose `main` prints a line and then sleeps, and
+        /// waits for that line: by then the JVM has finished booting (its
+        /// module system and system class loader are up), so attaching and
+        /// loading an agent behave as in a running driver. Waiting only for
+        /// the SIGQUIT handler was too early under load (loading an agent
+        /// failed with a NullPointerException inside the JVM).
         pub fn start() -> TestJvm {
-            let child = Command::new("java")
-                .args(["-m", "java.rmi/sun.rmi.registry.RegistryImpl", "0"])
-                .stdout(Stdio::null())
+            use std::io::BufRead;
+            let dir =
+                std::env::temp_dir().join(format!("sparkvisor-testjvm-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let src = dir.join("Sleeper.java");
+            std::fs::write(
+                &src,
+                "public class Sleeper { public static void main(String[] a) throws Exception { \
+                 System.out.println(\"ready\"); System.out.flush(); Thread.sleep(600_000); } }\n",
+            )
+            .expect("write the test JVM's source");
+            let mut child = Command::new("java")
+                .arg(&src)
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("java on PATH");
+            let stdout = child.stdout.take().expect("piped stdout");
             let jvm = TestJvm(child);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the test JVM never started");
+            assert_eq!(line.trim(), "ready", "the test JVM did not start");
             let deadline = Instant::now() + Duration::from_secs(60);
             while !super::handles_sigquit(jvm.pid()) {
-                assert!(Instant::now() < deadline, "the JVM never started");
+                assert!(Instant::now() < deadline, "the JVM never handled SIGQUIT");
                 std::thread::sleep(Duration::from_millis(50));
             }
             jvm

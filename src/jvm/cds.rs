@@ -36,8 +36,9 @@ use tracing::{debug, info, warn};
 use super::archive::Identity;
 use super::decide::{self, AttemptPlan, Decision, Dump, Strategy};
 use super::{Setup, attach, cdslog, link, options};
-use crate::state::Shared;
-use crate::supervisor::exit::Termination;
+use crate::attempt::{Attempt, SparkApi};
+use crate::exit::Termination;
+use crate::status::Shared;
 
 /// How long after mapping the archive the JVM has surely validated it (it
 /// does so within milliseconds).
@@ -187,8 +188,8 @@ impl Cds {
         }
     }
 
-    /// The JVM options for `attempt` (empty when CDS is off); starts the
-    /// attempt's watcher on the current tokio runtime.
+    /// The JVM options for `attempt` (empty when CDS is off). The
+    /// attempt's watcher starts with [`Cds::started`].
     pub fn before_start(&self, attempt: u32, shared: &Arc<Shared>) -> Vec<String> {
         let inner = &self.inner;
         let setup = &inner.setup;
@@ -248,23 +249,40 @@ impl Cds {
             log = %setup.log_path.display(),
             "class-data sharing for this attempt"
         );
-        let watcher = tokio::runtime::Handle::try_current().ok().map(|h| {
-            h.spawn(watch(
-                self.inner.clone(),
-                shared.clone(),
-                attempt,
-                plan.clone(),
-                SystemTime::now(),
-            ))
-        });
         let flags = plan.flags.clone();
         st.current = Some(Current {
             attempt,
             plan,
-            watcher,
+            watcher: None,
         });
         inner.publish(&st, shared);
         flags
+    }
+
+    /// The attempt's process runs: starts its watcher (the JVM's verdict on
+    /// an offered archive, then the dump when planned) on the current tokio
+    /// runtime.
+    pub fn started(
+        &self,
+        attempt: Attempt,
+        spark: tokio::sync::watch::Receiver<SparkApi>,
+        shared: &Arc<Shared>,
+    ) {
+        let mut st = self.inner.lock();
+        let Some(cur) = st.current.as_mut().filter(|c| c.attempt == attempt.number) else {
+            return;
+        };
+        let started = SystemTime::now() - attempt.started.elapsed();
+        cur.watcher = tokio::runtime::Handle::try_current().ok().map(|h| {
+            h.spawn(watch(
+                self.inner.clone(),
+                shared.clone(),
+                attempt,
+                cur.plan.clone(),
+                started,
+                spark,
+            ))
+        });
     }
 
     /// After every process of `attempt` is gone: promotes an archive the
@@ -432,26 +450,35 @@ pub fn committed_since(root: &Path, since: SystemTime) -> bool {
 async fn watch(
     inner: Arc<Inner>,
     shared: Arc<Shared>,
-    attempt: u32,
+    attempt: Attempt,
     plan: AttemptPlan,
     started: SystemTime,
+    spark: tokio::sync::watch::Receiver<SparkApi>,
 ) {
-    // The attempt's process (spark-submit execs into the driver's JVM).
-    let pid = loop {
-        let s = shared.snapshot();
-        if s.attempt == attempt
-            && let Some(p) = s.pid
-        {
-            break p;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    // spark-submit execs into the driver's JVM: the attempt's pid is it.
+    let (number, pid) = (attempt.number, attempt.pid);
     if plan.offered.is_some() {
-        verdict(&inner, &shared, attempt).await;
+        verdict(&inner, &shared, number).await;
     }
     if let Dump::WhileRunning(partial) = &plan.dump {
-        dump_while_running(&inner, &shared, attempt, pid, partial, started).await;
+        let run = DumpRun {
+            attempt: number,
+            pid,
+            partial,
+            started,
+            spark,
+        };
+        dump_while_running(&inner, &shared, run).await;
     }
+}
+
+/// One requested dump: whose, where, and since when commits count.
+struct DumpRun<'a> {
+    attempt: u32,
+    pid: i32,
+    partial: &'a Path,
+    started: SystemTime,
+    spark: tokio::sync::watch::Receiver<SparkApi>,
 }
 
 async fn verdict(inner: &Arc<Inner>, shared: &Arc<Shared>, attempt: u32) {
@@ -497,28 +524,9 @@ async fn verdict(inner: &Arc<Inner>, shared: &Arc<Shared>, attempt: u32) {
     }
 }
 
-async fn dump_while_running(
-    inner: &Arc<Inner>,
-    shared: &Arc<Shared>,
-    attempt: u32,
-    pid: i32,
-    partial: &Path,
-    started: SystemTime,
-) {
-    // Wait until the driver has loaded what a batch needs.
-    match &inner.checkpoint_dir {
-        Some(root) => {
-            while !committed_since(root, started) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        None => {
-            while !shared.snapshot().spark_ui.ok {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            tokio::time::sleep(WARMUP_WITHOUT_CHECKPOINT).await;
-        }
-    }
+async fn dump_while_running(inner: &Arc<Inner>, shared: &Arc<Shared>, mut run: DumpRun<'_>) {
+    let attempt = run.attempt;
+    wait_until_warm(inner, &mut run).await;
     let fail = |why: String, give_up_attach: bool, give_up_cds: bool| {
         warn!(attempt, why = %why, "the running driver did not write a CDS archive");
         inner.update(shared, attempt, |st| {
@@ -536,35 +544,14 @@ async fn dump_while_running(
                 st.strategy = Some((fallback, false));
             }
         });
-        let _ = std::fs::remove_file(partial);
+        let _ = std::fs::remove_file(run.partial);
     };
-    // The process must still be this attempt's JVM.
-    let argv = proc_argv(pid);
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "java" {
-        return fail(
-            format!("process {pid} is not a JVM; cannot ask it for an archive"),
-            true,
-            false,
-        );
-    }
-    // A non-empty directory on the class path makes the JVM stop on a dump request.
-    let jvm_args = argv.get(1..).unwrap_or_default();
-    if let Some(d) = options::class_path_of(jvm_args)
-        .into_iter()
-        .find(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
-    {
-        return fail(
-            format!(
-                "the driver's class path holds the non-empty directory {}; the JVM cannot archive with it",
-                d.display()
-            ),
-            true,
-            true,
-        );
+    if let Err(Unfit { why, give_up_cds }) = fit_for_dump(run.pid) {
+        return fail(why, true, give_up_cds);
     }
     // No stop signal reaches the JVM while it links or dumps (see the
-    // module doc); none may have begun already.
+    // module doc); none may have begun already. `closed` is held until the
+    // archive is promoted, so that a stop does not cut the promotion short.
     let closed = inner.gate.lock().await;
     if *closed == Some(attempt) {
         inner.update(shared, attempt, |st| {
@@ -572,71 +559,132 @@ async fn dump_while_running(
         });
         return;
     }
-    info!(attempt, pid, file = %partial.display(), "the driver committed a batch: asking it to write its CDS archive");
+    info!(attempt, pid = run.pid, file = %run.partial.display(), "the driver committed a batch: asking it to write its CDS archive");
     let t0 = Instant::now();
-    let feature = inner.setup.java.as_ref().map_or(0, |j| j.feature);
-    if link::needed(feature) {
-        inner.update(shared, attempt, |st| st.attempt.dump = "linking".into());
-        let jar = inner.setup.store.link_agent(attempt);
-        let res =
-            tokio::task::spawn_blocking(move || link::link_loaded_classes(pid, &jar, DUMP_TIMEOUT))
-                .await;
-        match res {
-            Ok(Ok(())) => info!(
+    link_first(inner, shared, attempt, run.pid).await;
+    inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
+    let command = format!("VM.cds dynamic_dump {}", run.partial.display());
+    let pid = run.pid;
+    let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
+    let out = match res {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return fail(e.to_string(), true, false),
+        Err(e) => return fail(e.to_string(), false, false),
+    };
+    let log = tokio::fs::read_to_string(&inner.setup.log_path)
+        .await
+        .unwrap_or_default();
+    if !cdslog::dump_written(&log) {
+        let why = cdslog::dump_blocker(&log).unwrap_or_else(|| {
+            format!("the JVM did not report a written archive ({})", out.trim())
+        });
+        return fail(why, false, false);
+    }
+    let store = inner.setup.store.clone();
+    let java = java_version(&inner.setup);
+    let partial = run.partial.to_path_buf();
+    let promoted =
+        tokio::task::spawn_blocking(move || store.promote(&partial, "dump-while-running", &java))
+            .await;
+    match promoted {
+        Ok(Ok((ready, id))) => {
+            info!(
                 attempt,
-                pid,
+                archive = %ready.path.display(),
+                bytes = ready.size,
                 took_ms = t0.elapsed().as_millis() as u64,
-                "linked the driver's loaded classes, so the archive holds them"
-            ),
-            Ok(Err(e)) => warn!(attempt, pid, error = %e,
-                "could not link the driver's loaded classes; its archive will leave out the unlinked ones"),
-            Err(e) => warn!(attempt, error = %e, "linking the driver's classes failed"),
+                "CDS archive written by the running driver; later starts map it"
+            );
+            inner.update(shared, attempt, |st| {
+                st.verified = Some(id);
+                st.archives_written += 1;
+                st.attempt.dump = "written".into();
+            });
+        }
+        Ok(Err(e)) => fail(e.to_string(), false, false),
+        Err(e) => fail(e.to_string(), false, false),
+    }
+    drop(closed);
+}
+
+/// Waits until the driver has loaded what a batch needs: its first commit
+/// in this attempt, or (without a checkpoint) a while after Spark's API
+/// first answered.
+async fn wait_until_warm(inner: &Inner, run: &mut DumpRun<'_>) {
+    match &inner.checkpoint_dir {
+        Some(root) => {
+            while !committed_since(root, run.started) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => {
+            let attempt = run.attempt;
+            let up = |s: &SparkApi| s.of(attempt).is_some_and(|s| s.up_since.is_some());
+            if run.spark.wait_for(up).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(WARMUP_WITHOUT_CHECKPOINT).await;
         }
     }
-    inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
-    let command = format!("VM.cds dynamic_dump {}", partial.display());
-    let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
-    // `closed` is held until the archive is promoted, so that a stop does
-    // not cut the promotion short either.
-    match res {
-        Ok(Ok(out)) => {
-            let log = tokio::fs::read_to_string(&inner.setup.log_path)
-                .await
-                .unwrap_or_default();
-            if !cdslog::dump_written(&log) {
-                let why = cdslog::dump_blocker(&log).unwrap_or_else(|| {
-                    format!("the JVM did not report a written archive ({})", out.trim())
-                });
-                return fail(why, false, false);
-            }
-            let store = inner.setup.store.clone();
-            let java = java_version(&inner.setup);
-            let partial = partial.to_path_buf();
-            let promoted = tokio::task::spawn_blocking(move || {
-                store.promote(&partial, "dump-while-running", &java)
-            })
+}
+
+/// Why a process cannot be asked for an archive.
+struct Unfit {
+    why: String,
+    /// The JVM could never archive (not only this attempt's).
+    give_up_cds: bool,
+}
+
+/// The process must still be this attempt's JVM, without a non-empty
+/// directory on its class path (the JVM stops on a dump request then).
+fn fit_for_dump(pid: i32) -> Result<(), Unfit> {
+    let argv = proc_argv(pid);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "java" {
+        return Err(Unfit {
+            why: format!("process {pid} is not a JVM; cannot ask it for an archive"),
+            give_up_cds: false,
+        });
+    }
+    let jvm_args = argv.get(1..).unwrap_or_default();
+    if let Some(d) = options::class_path_of(jvm_args)
+        .into_iter()
+        .find(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
+    {
+        return Err(Unfit {
+            why: format!(
+                "the driver's class path holds the non-empty directory {}; the JVM cannot archive with it",
+                d.display()
+            ),
+            give_up_cds: true,
+        });
+    }
+    Ok(())
+}
+
+/// On Java 17–18, links the driver's loaded classes so the archive holds
+/// them; a failure only means a smaller archive.
+async fn link_first(inner: &Inner, shared: &Shared, attempt: u32, pid: i32) {
+    let feature = inner.setup.java.as_ref().map_or(0, |j| j.feature);
+    if !link::needed(feature) {
+        return;
+    }
+    let t0 = Instant::now();
+    inner.update(shared, attempt, |st| st.attempt.dump = "linking".into());
+    let jar = inner.setup.store.link_agent(attempt);
+    let res =
+        tokio::task::spawn_blocking(move || link::link_loaded_classes(pid, &jar, DUMP_TIMEOUT))
             .await;
-            match promoted {
-                Ok(Ok((ready, id))) => {
-                    info!(
-                        attempt,
-                        archive = %ready.path.display(),
-                        bytes = ready.size,
-                        took_ms = t0.elapsed().as_millis() as u64,
-                        "CDS archive written by the running driver; later starts map it"
-                    );
-                    inner.update(shared, attempt, |st| {
-                        st.verified = Some(id);
-                        st.archives_written += 1;
-                        st.attempt.dump = "written".into();
-                    });
-                }
-                Ok(Err(e)) => fail(e.to_string(), false, false),
-                Err(e) => fail(e.to_string(), false, false),
-            }
-        }
-        Ok(Err(e)) => fail(e.to_string(), true, false),
-        Err(e) => fail(e.to_string(), false, false),
+    match res {
+        Ok(Ok(())) => info!(
+            attempt,
+            pid,
+            took_ms = t0.elapsed().as_millis() as u64,
+            "linked the driver's loaded classes, so the archive holds them"
+        ),
+        Ok(Err(e)) => warn!(attempt, pid, error = %e,
+            "could not link the driver's loaded classes; its archive will leave out the unlinked ones"),
+        Err(e) => warn!(attempt, error = %e, "linking the driver's classes failed"),
     }
 }
 

@@ -32,7 +32,7 @@ pub use cds::Cds;
 pub use decide::{Decision, Strategy};
 
 use crate::config::{CdsMode, Loaded, Resolved};
-use crate::submit::LaunchPlan;
+use crate::submit::Prepared;
 use archive::Store;
 use java::{JavaBinary, JavaVersion};
 use key::KeyInputs;
@@ -99,24 +99,25 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Detects the driver's JVM and decides. `plan` is a launch plan built
-    /// without CDS options; runs `java -version` once when CDS is on.
-    pub fn detect(loaded: &Loaded, resolved: &Resolved, plan: &LaunchPlan) -> Setup {
+    /// Detects the driver's JVM and decides, from what every attempt's
+    /// plan shares; runs `java -version` once when CDS is on.
+    pub fn detect(loaded: &Loaded, resolved: &Resolved, prepared: &Prepared) -> Setup {
         let cfg = &loaded.config;
         let log_path = log_path(&cfg.supervisor.runtime_dir);
         let dir = archive_dir(loaded);
-        let prop = |k: &str| plan.properties.get(k).map(|p| p.value.clone());
+        let prop = |k: &str| prepared.user_conf(k).map(String::from);
+        // The driver's options in the JVM's order: Spark's default
+        // options, sizing's flags, then the user's extra options.
         let mut jvm_options = Vec::new();
-        for k in [
-            "spark.driver.defaultJavaOptions",
-            "spark.driver.extraJavaOptions",
-        ] {
-            if let Some(v) = prop(k) {
-                jvm_options.extend(options::split_options(&v));
-            }
+        if let Some(v) = prop("spark.driver.defaultJavaOptions") {
+            jvm_options.extend(options::split_options(&v));
+        }
+        jvm_options.extend(prepared.sizing.jvm_flags.iter().cloned());
+        if let Some(v) = prop("spark.driver.extraJavaOptions") {
+            jvm_options.extend(options::split_options(&v));
         }
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
-        env.extend(plan.env.clone());
+        env.extend(prepared.env.clone());
 
         let mut setup = Setup {
             mode: cfg.jvm.cds,
@@ -171,12 +172,7 @@ impl Setup {
             }
             class_path.extend(extra.iter().map(|e| key::entry(e)));
             let binary = std::fs::canonicalize(&bin.path).unwrap_or_else(|_| bin.path.clone());
-            let driver_memory = plan
-                .args
-                .iter()
-                .position(|a| a == "--driver-memory")
-                .and_then(|i| plan.args.get(i + 1).cloned())
-                .or_else(|| prop("spark.driver.memory"));
+            let driver_memory = prepared.driver_memory();
             let inputs = KeyInputs::new(
                 binary.display().to_string(),
                 v.banner.clone(),

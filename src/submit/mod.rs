@@ -7,13 +7,16 @@
 //! always wins); the plan is a pure function of config + system view +
 //! attempt number, so `plan` shows exactly what `run` will launch.
 
+mod client;
 pub mod properties;
+
+pub use client::executor_prefix;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupFs, HostInfo, Limits};
-use crate::config::{Loaded, Master, Mode, Resolved, Source};
+use crate::config::{Loaded, Mode, Resolved, Source};
 use crate::error::Error;
 use crate::redact;
 use crate::sizing::{self, Sizing, SizingInput};
@@ -187,62 +190,49 @@ impl LaunchPlan {
     }
 }
 
-/// The first attempt's plan with nothing added per attempt (no CDS
-/// options, local artifacts): what `plan` shows before CDS and what `run`
-/// checks before anything starts.
-pub fn build_first(
-    loaded: &Loaded,
-    resolved: &Resolved,
-    system: &SystemView,
-) -> Result<LaunchPlan, Error> {
-    build(
-        loaded,
-        resolved,
-        system,
-        &LaunchOptions {
-            attempt: 1,
-            ..Default::default()
-        },
-    )
+/// What every attempt's plan shares, decided once per sparkvisor process:
+/// the user's conf layers (read from spark-defaults.conf and
+/// `spark.properties_file`), the sizing, and the child's environment.
+/// `jvm::Setup::detect` reads it (the driver's JVM options, class path and
+/// heap); [`build`] then adds what varies per attempt.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub sizing: Sizing,
+    pub python: bool,
+    /// The user's confs, merged lowest first: spark-defaults.conf <
+    /// `spark.properties_file` < `spark.conf`.
+    pub user: BTreeMap<String, Property>,
+    /// The child's environment on top of sparkvisor's, without the
+    /// per-attempt `SPARKVISOR_ATTEMPT`.
+    pub env: BTreeMap<String, String>,
 }
 
-/// Builds the plan for one launch.
-pub fn build(
+impl Prepared {
+    /// The user's value for a Spark conf.
+    pub fn user_conf(&self, key: &str) -> Option<&str> {
+        self.user.get(key).map(|p| p.value.as_str())
+    }
+
+    /// The driver heap as Spark gets it (`--driver-memory`, else the
+    /// user's `spark.driver.memory`).
+    pub fn driver_memory(&self) -> Option<String> {
+        self.sizing
+            .driver_memory_arg
+            .clone()
+            .or_else(|| self.user_conf("spark.driver.memory").map(String::from))
+    }
+}
+
+/// Reads the user's conf layers, sizes the driver and fixes the child's
+/// environment.
+pub fn prepare(
     loaded: &Loaded,
     resolved: &Resolved,
     system: &SystemView,
-    opts: &LaunchOptions,
-) -> Result<LaunchPlan, Error> {
+) -> Result<Prepared, Error> {
     let cfg = &loaded.config;
-    let spark = &cfg.spark;
-    let app = opts
-        .app_override
-        .clone()
-        .unwrap_or_else(|| resolved.app.value.clone());
     let python = resolved.app.value.ends_with(".py");
-    let attempt = opts.attempt.max(1);
-
-    // User layers, lowest first.
-    let mut user: BTreeMap<String, Property> = BTreeMap::new();
-    if let Some(defaults) = spark_defaults_file(&resolved.spark_home.value, system) {
-        let text = std::fs::read_to_string(&defaults)
-            .map_err(|e| Error::io(format!("reading {}", defaults.display()), e))?;
-        for (k, v) in properties::parse(&text) {
-            user.insert(k, prop(v, Origin::SparkDefaults(defaults.clone())));
-        }
-    }
-    if let Some(p) = &spark.properties_file {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| Error::io(format!("reading spark.properties_file {}", p.display()), e))?;
-        for (k, v) in properties::parse(&text) {
-            user.insert(k, prop(v, Origin::PropertiesFile(p.clone())));
-        }
-    }
-    for (k, v) in &spark.conf {
-        let source = loaded.source_of(&["spark", "conf", k]);
-        user.insert(k.clone(), prop(v.0.clone(), Origin::Conf(source)));
-    }
-
+    let user = user_layers(loaded, resolved, system)?;
     let sizing = sizing::decide(&SizingInput {
         limits: &system.limits,
         host: system.host,
@@ -252,30 +242,178 @@ pub fn build(
         cpus_source: loaded.source_of(&["sizing", "cpus"]),
         memory_source: loaded.source_of(&["sizing", "memory"]),
         python,
-        mode: spark.mode,
+        mode: cfg.spark.mode,
         user_master: user.get("spark.master").map(|p| p.value.as_str()),
         user_driver_memory: user.get("spark.driver.memory").map(|p| p.value.as_str()),
     })?;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert(
+        "SPARK_HOME".into(),
+        resolved.spark_home.value.display().to_string(),
+    );
+    if let Some(dir) = &cfg.checkpoint.dir {
+        env.insert(
+            "SPARKVISOR_CHECKPOINT_DIR".into(),
+            dir.display().to_string(),
+        );
+    }
+    for (k, v) in &cfg.spark.env {
+        env.insert(k.clone(), v.0.clone());
+    }
+    Ok(Prepared {
+        sizing,
+        python,
+        user,
+        env,
+    })
+}
 
-    // Computed properties.
-    let mut computed: BTreeMap<String, Property> = BTreeMap::new();
-    let mut put = |k: &str, v: String, why: &str| {
-        computed.insert(k.to_string(), prop(v, Origin::Computed(why.to_string())));
+/// The user's layers, lowest first.
+fn user_layers(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    system: &SystemView,
+) -> Result<BTreeMap<String, Property>, Error> {
+    let spark = &loaded.config.spark;
+    let read = |path: &Path, what: &str| -> Result<BTreeMap<String, String>, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {what}{}", path.display()), e))?;
+        properties::parse(&text).map_err(|e| {
+            Error::io(
+                format!("reading {what}{}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+            )
+        })
     };
+    let mut user: BTreeMap<String, Property> = BTreeMap::new();
+    if let Some(defaults) = spark_defaults_file(&resolved.spark_home.value, system) {
+        for (k, v) in read(&defaults, "")? {
+            user.insert(k, prop(v, Origin::SparkDefaults(defaults.clone())));
+        }
+    }
+    if let Some(p) = &spark.properties_file {
+        for (k, v) in read(p, "spark.properties_file ")? {
+            user.insert(k, prop(v, Origin::PropertiesFile(p.clone())));
+        }
+    }
+    for (k, v) in &spark.conf {
+        let source = loaded.source_of(&["spark", "conf", k]);
+        user.insert(k.clone(), prop(v.0.clone(), Origin::Conf(source)));
+    }
+    Ok(user)
+}
+
+/// Builds the plan for one launch: `prepared` plus what varies per attempt.
+pub fn build(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    prepared: &Prepared,
+    opts: &LaunchOptions,
+) -> Result<LaunchPlan, Error> {
+    let cfg = &loaded.config;
+    let spark = &cfg.spark;
+    let attempt = opts.attempt.max(1);
+    let sizing = &prepared.sizing;
 
     let mut java_opts: Vec<String> = sizing.jvm_flags.clone();
     java_opts.extend(opts.extra_driver_java_options.iter().cloned());
     let java_opts = java_opts.join(" ");
-    put(
-        "spark.driver.extraJavaOptions",
-        java_opts.clone(),
-        if opts.extra_driver_java_options.is_empty() {
-            "JVM flags from sizing (processors, exit on OutOfMemoryError)"
-        } else {
-            "JVM flags from sizing (processors, exit on OutOfMemoryError), then class-data sharing (jvm.cds)"
-        },
+    let mut computed = computed_properties(
+        loaded,
+        &java_opts,
+        !opts.extra_driver_java_options.is_empty(),
     );
 
+    let mut args: Vec<String> = Vec::new();
+    let user_master = prepared.user.contains_key("spark.master");
+    match (spark.mode, &resolved.client) {
+        (Mode::Local, _) => {
+            if let (false, Some(m)) = (user_master, &sizing.master) {
+                args.extend(["--master".into(), m.clone()]);
+            }
+        }
+        (Mode::Client, Some(client)) => {
+            if !user_master {
+                args.extend(["--master".into(), client.master.value.url().to_string()]);
+            }
+            args.extend(["--deploy-mode".into(), "client".into()]);
+            client::properties(loaded, client, attempt, &mut computed);
+        }
+        (Mode::Client, None) => {
+            return Err(Error::Internal(
+                "client mode without resolved client settings".into(),
+            ));
+        }
+    }
+    if let Some(mem) = &sizing.driver_memory_arg {
+        args.extend(["--driver-memory".into(), mem.clone()]);
+    }
+    let merged = merge(computed, &prepared.user, &java_opts);
+
+    let properties_path = cfg.supervisor.runtime_dir.join("spark.properties");
+    args.extend([
+        "--properties-file".into(),
+        properties_path.display().to_string(),
+    ]);
+    if let Some(name) = &spark.name {
+        args.extend(["--name".into(), name.clone()]);
+    }
+    if let Some(class) = &spark.main_class {
+        args.extend(["--class".into(), class.clone()]);
+    }
+    let py_files = opts
+        .py_files_override
+        .clone()
+        .unwrap_or_else(|| spark.py_files.clone());
+    if !py_files.is_empty() {
+        args.extend(["--py-files".into(), py_files.join(",")]);
+    }
+    if !spark.jars.is_empty() {
+        args.extend(["--jars".into(), spark.jars.join(",")]);
+    }
+    args.push(
+        opts.app_override
+            .clone()
+            .unwrap_or_else(|| resolved.app.value.clone()),
+    );
+    args.extend(spark.app_args.iter().cloned());
+
+    let mut env = prepared.env.clone();
+    env.insert("SPARKVISOR_ATTEMPT".into(), attempt.to_string());
+
+    Ok(LaunchPlan {
+        mode: spark.mode,
+        sizing: sizing.clone(),
+        spark_submit: resolved.spark_submit.clone(),
+        args,
+        properties: merged,
+        properties_path,
+        env,
+        python: prepared.python,
+        attempt,
+    })
+}
+
+/// The properties sparkvisor computes for every mode.
+fn computed_properties(
+    loaded: &Loaded,
+    java_opts: &str,
+    with_cds: bool,
+) -> BTreeMap<String, Property> {
+    let cfg = &loaded.config;
+    let mut computed: BTreeMap<String, Property> = BTreeMap::new();
+    let mut put = |k: &str, v: String, why: &str| {
+        computed.insert(k.to_string(), prop(v, Origin::Computed(why.to_string())));
+    };
+    put(
+        "spark.driver.extraJavaOptions",
+        java_opts.to_string(),
+        if with_cds {
+            "JVM flags from sizing (processors, exit on OutOfMemoryError), then class-data sharing (jvm.cds)"
+        } else {
+            "JVM flags from sizing (processors, exit on OutOfMemoryError)"
+        },
+    );
     if let Some(dir) = &cfg.checkpoint.dir {
         put(
             "spark.sql.streaming.checkpointLocation",
@@ -311,114 +449,50 @@ pub fn build(
         "/metrics/prometheus".into(),
         "Spark's own Prometheus endpoint",
     );
-    let metrics_ns = spark.name.clone().unwrap_or_else(|| "spark".to_string());
+    let metrics_ns = cfg
+        .spark
+        .name
+        .clone()
+        .unwrap_or_else(|| "spark".to_string());
     put(
         "spark.metrics.namespace",
         metrics_ns,
         "stable metric names across restarts (the default is the app id, new on every start)",
     );
+    computed
+}
 
-    let mut args: Vec<String> = Vec::new();
-    let user_master = user.contains_key("spark.master");
-    match (spark.mode, &resolved.client) {
-        (Mode::Local, _) => {
-            if let (false, Some(m)) = (user_master, &sizing.master) {
-                args.extend(["--master".into(), m.clone()]);
-            }
-        }
-        (Mode::Client, Some(client)) => {
-            if !user_master {
-                args.extend(["--master".into(), client.master.value.url().to_string()]);
-            }
-            args.extend(["--deploy-mode".into(), "client".into()]);
-            client_properties(loaded, client, attempt, &mut computed);
-        }
-        (Mode::Client, None) => {
-            return Err(Error::Internal(
-                "client mode without resolved client settings".into(),
-            ));
-        }
-    }
-    if let Some(mem) = &sizing.driver_memory_arg {
-        args.extend(["--driver-memory".into(), mem.clone()]);
-    }
-
-    // Merge: the user wins, but JVM options are combined (user's last, so they win in the JVM).
+/// Merges: the user wins, but JVM options are combined (the user's last,
+/// so they win in the JVM).
+fn merge(
+    computed: BTreeMap<String, Property>,
+    user: &BTreeMap<String, Property>,
+    java_opts: &str,
+) -> BTreeMap<String, Property> {
     let mut merged = computed;
     for (k, p) in user {
         if k == "spark.driver.extraJavaOptions" {
             let combined = format!("{java_opts} {}", p.value);
             merged.insert(
-                k,
+                k.clone(),
                 Property {
                     value: combined.trim().to_string(),
-                    origin: p.origin,
+                    origin: p.origin.clone(),
                     replaced: None,
                 },
             );
             continue;
         }
-        let replaced = merged.get(&k).map(|c| c.value.clone());
+        let replaced = merged.get(k).map(|c| c.value.clone());
         merged.insert(
-            k,
+            k.clone(),
             Property {
                 replaced: replaced.filter(|r| *r != p.value),
-                ..p
+                ..p.clone()
             },
         );
     }
-
-    let properties_path = cfg.supervisor.runtime_dir.join("spark.properties");
-    args.extend([
-        "--properties-file".into(),
-        properties_path.display().to_string(),
-    ]);
-    if let Some(name) = &spark.name {
-        args.extend(["--name".into(), name.clone()]);
-    }
-    if let Some(class) = &spark.main_class {
-        args.extend(["--class".into(), class.clone()]);
-    }
-    let py_files = opts
-        .py_files_override
-        .clone()
-        .unwrap_or_else(|| spark.py_files.clone());
-    if !py_files.is_empty() {
-        args.extend(["--py-files".into(), py_files.join(",")]);
-    }
-    if !spark.jars.is_empty() {
-        args.extend(["--jars".into(), spark.jars.join(",")]);
-    }
-    args.push(app);
-    args.extend(spark.app_args.iter().cloned());
-
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert(
-        "SPARK_HOME".into(),
-        resolved.spark_home.value.display().to_string(),
-    );
-    if let Some(dir) = &cfg.checkpoint.dir {
-        env.insert(
-            "SPARKVISOR_CHECKPOINT_DIR".into(),
-            dir.display().to_string(),
-        );
-    }
-    env.insert("SPARKVISOR_ATTEMPT".into(), attempt.to_string());
-    for (k, v) in &spark.env {
-        env.insert(k.clone(), v.0.clone());
-    }
-
-    Ok(LaunchPlan {
-        mode: spark.mode,
-        sizing,
-        spark_submit: resolved.spark_submit.clone(),
-        args,
-        properties: merged,
-        properties_path,
-        env,
-        python,
-        attempt,
-    })
+    merged
 }
 
 fn prop(value: String, origin: Origin) -> Property {
@@ -438,154 +512,6 @@ fn spark_defaults_file(spark_home: &Path, system: &SystemView) -> Option<PathBuf
         .unwrap_or_else(|| spark_home.join("conf"));
     let f = dir.join("spark-defaults.conf");
     f.is_file().then_some(f)
-}
-
-fn client_properties(
-    loaded: &Loaded,
-    client: &crate::config::ResolvedClient,
-    attempt: u32,
-    out: &mut BTreeMap<String, Property>,
-) {
-    let c = &loaded.config.spark.client;
-    let ip = client.pod_ip.value.to_string();
-    let mut put = |k: &str, v: String, why: &str| {
-        out.insert(k.to_string(), prop(v, Origin::Computed(why.to_string())));
-    };
-    let ip_why = format!("the pod IP ({})", client.pod_ip.source);
-    put("spark.driver.host", ip.clone(), &ip_why);
-    put("spark.driver.bindAddress", ip, &ip_why);
-    put(
-        "spark.driver.port",
-        c.driver_port.to_string(),
-        "spark.client.driver_port (fixed, so executors and NetworkPolicies know it)",
-    );
-    put(
-        "spark.driver.blockManager.port",
-        c.block_manager_port.to_string(),
-        "spark.client.block_manager_port (fixed)",
-    );
-    put(
-        "spark.port.maxRetries",
-        "0".into(),
-        "fail fast instead of drifting to a port executors do not expect",
-    );
-    put(
-        "spark.executor.cores",
-        c.executor_cores.to_string(),
-        "spark.client.executor_cores",
-    );
-    put(
-        "spark.executor.memory",
-        format!("{}m", c.executor_memory.bytes() >> 20),
-        "spark.client.executor_memory",
-    );
-    if let Some(o) = c.executor_memory_overhead {
-        put(
-            "spark.executor.memoryOverhead",
-            format!("{}m", o.bytes() >> 20),
-            "spark.client.executor_memory_overhead",
-        );
-    }
-    if c.decommission {
-        for k in [
-            "spark.decommission.enabled",
-            "spark.storage.decommission.enabled",
-            "spark.storage.decommission.rddBlocks.enabled",
-            "spark.storage.decommission.shuffleBlocks.enabled",
-        ] {
-            put(k, "true".into(), "spark.client.decommission (spot nodes)");
-        }
-    }
-    match &client.master.value {
-        Master::Kubernetes(_) => {
-            put(
-                "spark.executor.instances",
-                c.executor_instances.to_string(),
-                "spark.client.executor_instances",
-            );
-            if let Some(ns) = &client.namespace {
-                put(
-                    "spark.kubernetes.namespace",
-                    ns.value.clone(),
-                    &format!("the pod's namespace ({})", ns.source),
-                );
-            }
-            if let Some(name) = &client.pod_name {
-                put(
-                    "spark.kubernetes.driver.pod.name",
-                    name.value.clone(),
-                    &format!(
-                        "the pod's name ({}); executors are owned by it and deleted with it",
-                        name.source
-                    ),
-                );
-                put(
-                    "spark.kubernetes.executor.podNamePrefix",
-                    executor_prefix(&name.value, attempt),
-                    "per attempt, so a restarted driver never adopts or collides with old executors",
-                );
-            }
-            if let Some(img) = &c.executor_image {
-                put(
-                    "spark.kubernetes.container.image",
-                    img.clone(),
-                    "spark.client.executor_image",
-                );
-            }
-            if let Some(sa) = &c.service_account {
-                put(
-                    "spark.kubernetes.authenticate.driver.serviceAccountName",
-                    sa.clone(),
-                    "spark.client.service_account",
-                );
-                put(
-                    "spark.kubernetes.authenticate.executor.serviceAccountName",
-                    sa.clone(),
-                    "spark.client.service_account",
-                );
-            }
-            if let Some(t) = &c.executor_pod_template {
-                put(
-                    "spark.kubernetes.executor.podTemplateFile",
-                    t.display().to_string(),
-                    "spark.client.executor_pod_template",
-                );
-            }
-            put(
-                "spark.kubernetes.executor.useDriverPodIP",
-                "false".into(),
-                "pinned: executors use spark.driver.host (the pod IP); the default differs across Spark versions",
-            );
-        }
-        Master::Standalone(_) => {
-            put(
-                "spark.cores.max",
-                (c.executor_instances * c.executor_cores).to_string(),
-                "spark.client.executor_instances × executor_cores",
-            );
-        }
-    }
-}
-
-/// A DNS-1123 label prefix of at most 47 characters, unique per attempt.
-pub fn executor_prefix(pod_name: &str, attempt: u32) -> String {
-    let suffix = format!("-a{attempt}");
-    let mut base: String = pod_name
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    base.truncate(47 - suffix.len());
-    let base = base.trim_matches('-');
-    let base = if base.is_empty() { "spark" } else { base };
-    let base = if base.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("s{base}")
-    } else {
-        base.to_string()
-    };
-    let mut base = base;
-    base.truncate(47 - suffix.len());
-    format!("{}{suffix}", base.trim_end_matches('-'))
 }
 
 #[cfg(test)]

@@ -1,129 +1,50 @@
 //! Java properties files (spark-defaults.conf format): reading the user's,
-//! writing the generated one. Pure text functions plus a 0600 atomic write.
+//! writing the generated one, with the `java-properties` crate. Pure text
+//! functions plus a 0600 atomic write.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-/// Parses `key value`, `key=value` and `key: value` lines; `#`/`!` comments;
-/// backslash line continuations and escapes.
-pub fn parse(text: &str) -> BTreeMap<String, String> {
+/// A properties file that does not parse (a bad `\\u` escape, bytes that
+/// are not UTF-8).
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Parses a properties file as Spark does (UTF-8, `java.util.Properties`
+/// syntax: `key value`, `key=value`, `key: value`, `#`/`!` comments,
+/// continuations and escapes). A key given twice keeps its last value.
+pub fn parse(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
     let mut out = BTreeMap::new();
-    let mut logical = String::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let trimmed = line.trim_start();
-        if logical.is_empty()
-            && (trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!'))
-        {
-            continue;
-        }
-        // A line ending in an odd number of backslashes continues.
-        let trailing = trimmed.len() - trimmed.trim_end_matches('\\').len();
-        if trailing % 2 == 1 {
-            logical.push_str(&trimmed[..trimmed.len() - 1]);
-            if lines.clone().next().is_some() {
-                continue;
-            }
-        } else {
-            logical.push_str(trimmed);
-        }
-        let (k, v) = split_entry(&logical);
-        out.insert(unescape(&k), unescape(&v));
-        logical.clear();
-    }
-    out
+    java_properties::PropertiesIter::new_with_encoding(text.as_bytes(), encoding_rs::UTF_8)
+        .read_into(|k, v| {
+            out.insert(k, v);
+        })
+        .map_err(|e| ParseError {
+            line: e.line_number().unwrap_or(0),
+            message: e.to_string(),
+        })?;
+    Ok(out)
 }
 
-fn split_entry(line: &str) -> (String, String) {
-    let mut key = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                key.push('\\');
-                if let Some(n) = chars.next() {
-                    key.push(n);
-                }
-            }
-            '=' | ':' => break,
-            c if c.is_whitespace() => {
-                // Skip whitespace, then one optional separator.
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-                if chars.peek().is_some_and(|c| *c == '=' || *c == ':') {
-                    chars.next();
-                }
-                break;
-            }
-            c => key.push(c),
-        }
-    }
-    let value: String = chars.collect();
-    (key, value.trim_start().to_string())
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('f') => out.push('\u{c}'),
-            Some('u') => {
-                let hex: String = chars.by_ref().take(4).collect();
-                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                    Some(ch) => out.push(ch),
-                    None => {
-                        out.push_str("\\u");
-                        out.push_str(&hex);
-                    }
-                }
-            }
-            Some(other) => out.push(other),
-            None => {}
-        }
-    }
-    out
-}
-
-fn escape(s: &str, is_key: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for (i, c) in s.chars().enumerate() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{c}' => out.push_str("\\f"),
-            '=' | ':' | '#' | '!' if is_key => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' ' if is_key || i == 0 => out.push_str("\\ "),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Renders properties, one `key=value` per line, sorted.
+/// Renders properties, one `key=value` per line, sorted (UTF-8, escaped so
+/// that Spark reads back exactly these strings).
 pub fn render(props: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("# Generated by sparkvisor; do not edit.\n");
+    let mut buf = b"# Generated by sparkvisor; do not edit.\n".to_vec();
+    let mut w = java_properties::PropertiesWriter::new_with_encoding(&mut buf, encoding_rs::UTF_8);
+    w.set_kv_separator("=").expect("a valid separator");
+    w.set_line_ending(java_properties::LineEnding::LF);
     for (k, v) in props {
-        out.push_str(&escape(k, true));
-        out.push('=');
-        out.push_str(&escape(v, false));
-        out.push('\n');
+        // Writing to memory cannot fail.
+        let _ = w.write(k, v);
     }
-    out
+    let _ = w.finish();
+    drop(w);
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 /// Writes `text` to `path` with mode 0600, atomically (temp file + rename).
@@ -154,7 +75,8 @@ mod tests {
         let p = parse(
             "# comment\n! also\nspark.master   local[2]\nspark.a=1\nspark.b : two words \n\
              spark.c = x\\\n    y\nspark.d\\=e = f\n  \nspark.empty\n",
-        );
+        )
+        .unwrap();
         assert_eq!(p["spark.master"], "local[2]");
         assert_eq!(p["spark.a"], "1");
         assert_eq!(p["spark.b"], "two words ");
@@ -176,7 +98,7 @@ mod tests {
             " leading space\nnewline\\slash".to_string(),
         );
         m.insert("unicode".to_string(), "héllo ✓".to_string());
-        assert_eq!(parse(&render(&m)), m);
+        assert_eq!(parse(&render(&m)).unwrap(), m);
     }
 
     #[test]

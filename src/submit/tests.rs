@@ -74,10 +74,11 @@ impl Env {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        let prepared = prepare(&loaded, &resolved, &system)?;
         build(
             &loaded,
             &resolved,
-            &system,
+            &prepared,
             &LaunchOptions {
                 attempt: 1,
                 ..Default::default()
@@ -282,10 +283,11 @@ fn plan_from(e: &Env, file: &str, env: &[(&str, &str)]) -> Result<LaunchPlan, Er
         },
         env: BTreeMap::new(),
     };
+    let prepared = prepare(&loaded, &resolved, &system)?;
     build(
         &loaded,
         &resolved,
-        &system,
+        &prepared,
         &LaunchOptions {
             attempt: 2,
             ..Default::default()

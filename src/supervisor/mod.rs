@@ -1,21 +1,23 @@
 //! Supervision: PID 1 duties and the restart loop.
 //!
 //! Owns the lifecycle of the app: plan → start → wait (forwarding signals)
-//! → classify the exit → clean up every process of the attempt → restart
-//! with backoff within the crash-loop budget, or exit. Submodules: `reaper`
-//! (the only `waitpid`), `signals`, `child` (process group, tree kill),
-//! `backoff` (pure pacing and budget), `exit` (pure classification).
+//! → classify the exit (`crate::exit`) → clean up every process of the
+//! attempt → restart with backoff within the crash-loop budget, or exit.
+//! Submodules: `reaper` (the only `waitpid`), `signals`, `child` (process
+//! group, tree kill), `backoff` (pure pacing and budget), `repair` (the
+//! checkpoint repair between attempts), `replica` (S3 around the loop).
 //!
 //! Invariants: one attempt at a time, and a new one starts only after every
 //! process of the previous one is gone; after TERM/INT no restart happens;
 //! the grace period is a deadline, not a sleep (sparkvisor exits as soon as
-//! everything is gone); the state in [`Shared`] is updated at every step.
+//! everything is gone); the current attempt is published on its channel
+//! (`crate::attempt`) from spawn to exit, and the state in [`Shared`] is
+//! updated at every step for the probes.
 
 pub mod backoff;
 pub mod child;
-pub mod exit;
-pub mod progress;
 pub mod reaper;
+pub mod repair;
 pub mod replica;
 pub mod signals;
 
@@ -24,15 +26,17 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::attempt::{Attempt, Current, SparkApi};
 use crate::config::{Loaded, Master, Resolved, RestartPolicy};
+use crate::exit::{self, ExitClass, Termination};
 use crate::kube;
-use crate::state::{LastExit, Phase, Shared, unix_now};
-use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
+use crate::observe::progress::Stall;
+use crate::status::{LastExit, Phase, Shared, unix_now};
+use crate::submit::{self, LaunchOptions, LaunchPlan, Prepared, SystemView};
 use backoff::{Backoff, Budget};
-use exit::{ExitClass, Termination};
 use reaper::Reaper;
 use signals::{Request, Signals};
 
@@ -44,13 +48,23 @@ pub struct RunContext {
     pub loaded: Loaded,
     pub resolved: Resolved,
     pub system: SystemView,
+    /// What every attempt's plan shares.
+    pub prepared: Prepared,
     pub shared: Arc<Shared>,
     /// Class-data sharing: options before each start, bookkeeping after each exit.
     pub cds: crate::jvm::Cds,
+    /// The current attempt, published for the tasks beside the loop.
+    pub current: watch::Sender<Current>,
+    /// What Spark's REST API says (the poller publishes it).
+    pub spark: watch::Receiver<SparkApi>,
+    /// Stall events from the checkpoint watcher.
+    pub stalls: mpsc::Receiver<Stall>,
 }
 
 /// How an attempt ended, as seen by the loop.
 struct Ended {
+    /// The attempt's main process (its process group), if it started.
+    pid: Option<Pid>,
     term: Termination,
     stop_requested: bool,
     killed_for_stall: bool,
@@ -73,10 +87,8 @@ pub struct Supervisor {
     stop_signal: Signal,
     /// OOM-kill counters before and after the last attempt.
     last_oom: (Option<u64>, Option<u64>),
-    stalls: mpsc::Receiver<progress::Stall>,
-    stall_tx: Option<mpsc::Sender<progress::Stall>>,
     /// Local copies of an app / py-files given as `s3://…`.
-    artifacts: crate::checkpoint::artifacts::LocalArtifacts,
+    artifacts: crate::artifacts::LocalArtifacts,
 }
 
 impl Supervisor {
@@ -99,7 +111,6 @@ impl Supervisor {
         );
         let budget = Budget::new(sup.max_restarts, sup.restart_window.get());
         let stop_signal = ctx.resolved.stop_signal;
-        let (stall_tx, stalls) = mpsc::channel(16);
         Ok(Supervisor {
             ctx,
             reaper,
@@ -108,8 +119,6 @@ impl Supervisor {
             budget,
             stop_signal,
             last_oom: (None, None),
-            stalls,
-            stall_tx: Some(stall_tx),
             artifacts: Default::default(),
         })
     }
@@ -128,13 +137,6 @@ impl Supervisor {
             s.spark_ui.url = self.ctx.loaded.config.probes.spark_ui.clone();
         });
         shared.beat();
-        if let Some(tx) = self.stall_tx.take() {
-            tokio::spawn(progress::watch(
-                shared.clone(),
-                self.ctx.loaded.config.checkpoint.clone(),
-                tx,
-            ));
-        }
         if !self.before_first_start().await {
             shared.update(|s| s.state = Phase::Exited);
             info!("stop requested before the app started; exiting");
@@ -221,7 +223,7 @@ impl Supervisor {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            progress::prepare(&shared, &self.ctx.loaded.config.checkpoint).await;
+            repair::prepare(&shared, &self.ctx.loaded.config.checkpoint).await;
             let plan = match self.plan(attempt) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -229,13 +231,14 @@ impl Supervisor {
             let ended = match self.start_and_wait(&plan).await {
                 Some(e) => e,
                 None => Ended {
+                    pid: None,
                     term: Termination::Exited(127),
                     stop_requested: false,
                     killed_for_stall: false,
                     runtime: Duration::ZERO,
                 },
             };
-            if !self.clean_up_attempt(attempt).await {
+            if !self.clean_up_attempt(attempt, ended.pid).await {
                 return 1;
             }
             self.ctx
@@ -281,7 +284,7 @@ impl Supervisor {
                 let code = ended.term.code();
                 return if code == 0 { 1 } else { code };
             }
-            self.delete_old_executors().await;
+            self.delete_old_executors(attempt).await;
             let delay = self.backoff.next_delay(ended.runtime, fastrand::f64());
             self.budget.record(now);
             let used = self.budget.used(now);
@@ -320,7 +323,7 @@ impl Supervisor {
         let plan = submit::build(
             &self.ctx.loaded,
             &self.ctx.resolved,
-            &self.ctx.system,
+            &self.ctx.prepared,
             &opts,
         )
         .map_err(|e| {
@@ -377,15 +380,26 @@ impl Supervisor {
             s.spark_up_since_unix = None;
             s.next_restart_in_seconds = None;
         });
+        let attempt = Attempt {
+            number: plan.attempt,
+            pid: pid.as_raw(),
+            started,
+        };
+        self.ctx.current.send_replace(Some(attempt));
+        self.ctx
+            .cds
+            .started(attempt, self.ctx.spark.clone(), &self.ctx.shared);
         info!(pid = pid.as_raw(), attempt = plan.attempt, argv = ?plan.display_argv(), "started spark-submit");
 
         let (term, stop_requested, killed_for_stall) =
             self.wait_child(pid, plan.attempt, exit_rx).await;
+        self.ctx.current.send_replace(None);
         shared.metrics.child_up.set(0);
         let runtime = started.elapsed();
         let oom_after = self.ctx.system.limits.oom_kills();
         self.last_oom = (oom_before, oom_after);
         Some(Ended {
+            pid: Some(pid),
             term,
             stop_requested,
             killed_for_stall,
@@ -420,7 +434,7 @@ impl Supervisor {
                     let term = t.unwrap_or(Termination::Signaled(Signal::SIGKILL as i32));
                     return (term, stop_requested, stalled);
                 }
-                Some(stall) = self.stalls.recv() => {
+                Some(stall) = self.ctx.stalls.recv() => {
                     if stall.attempt != attempt || stop_requested || stalled {
                         continue;
                     }
@@ -484,8 +498,7 @@ impl Supervisor {
     /// Kills whatever is left of the attempt and waits until it is gone.
     /// False when processes refuse to die (sparkvisor must not start a
     /// second driver beside them).
-    async fn clean_up_attempt(&mut self, attempt: u32) -> bool {
-        let group = self.ctx.shared.snapshot().pid.map(Pid::from_raw);
+    async fn clean_up_attempt(&mut self, attempt: u32, group: Option<Pid>) -> bool {
         for round in 0..2 {
             child::kill_tree(group);
             if self.reaper.wait_no_children(LEFTOVER_TIMEOUT).await {
@@ -564,8 +577,14 @@ impl Supervisor {
     /// that just ended, so none linger beside the next driver's. Failures
     /// are logged; those executors stop on their own when they lose the
     /// driver, and are deleted with the pod (owner references).
-    async fn delete_old_executors(&self) {
-        let app_id = self.ctx.shared.take_spark_app_id();
+    async fn delete_old_executors(&self, attempt: u32) {
+        let app_id = self
+            .ctx
+            .spark
+            .borrow()
+            .of(attempt)
+            .and_then(|s| s.app_id.clone());
+        self.ctx.shared.update(|s| s.spark_ui.app_id = None);
         let Some(client) = &self.ctx.resolved.client else {
             return;
         };

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, oneshot};
 
-use super::exit::Termination;
+use crate::exit::Termination;
 
 #[derive(Default)]
 struct Inner {

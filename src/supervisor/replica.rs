@@ -17,12 +17,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::artifacts::{LocalArtifacts, fetch_remote_artifacts};
-use crate::checkpoint::replicate::{Replicator, SyncStats};
-use crate::checkpoint::restore::{RestoreOutcome, restore_if_needed};
-use crate::checkpoint::s3client::S3Settings;
+use crate::artifacts::{LocalArtifacts, fetch_remote_artifacts};
 use crate::config::Config;
-use crate::state::Shared;
+use crate::replica::replicate::{Replicator, SyncStats};
+use crate::replica::restore::{RestoreOutcome, restore_if_needed};
+use crate::s3::S3Settings;
+use crate::status::Shared;
 
 /// Longest pause between two tries of a failing restore or download.
 const MAX_RETRY: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sparkvisor::checkpoint::s3client::{Location, S3Settings, Store};
+use sparkvisor::s3::{Location, S3Settings, Store};
 
 use super::wait_for;
 

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::restore::{Skipped, list_manifests, load_manifest};
-use super::s3client::{Location, Store, StoreError};
+use crate::s3::{Location, Store, StoreError};
 
 /// One query, as in the local inspection.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1,10 +1,15 @@
-//! The supervisor's observable state, shared with the HTTP server.
+//! What the probe server reads: the status document (`/status`), the
+//! liveness heartbeat, Spark REST API reachability for `/ready`, and the
+//! metrics registry (`metrics`).
 //!
-//! Owns: the status document (`/status`), the liveness heartbeat, Spark
-//! REST API reachability, and the metrics registry. Invariants: writers
-//! (supervisor, pollers) hold the lock only to copy values in; readers
-//! (probe handlers) never wait on Spark or on I/O, only on this lock; the
-//! status holds nothing secret (sizing numbers and redacted values only).
+//! Invariants: this is a view for people and probes, not a message bus —
+//! tasks tell each other things through typed channels (`crate::attempt`)
+//! and only copy values in here; writers hold the lock only to copy;
+//! readers (probe handlers) never wait on Spark or on I/O, only on this
+//! lock; the status holds nothing secret (sizing numbers and redacted
+//! values only).
+
+pub mod metrics;
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::metrics::Metrics;
-use crate::supervisor::exit::{ExitClass, Termination};
+use crate::exit::{ExitClass, Termination};
+use metrics::Metrics;
 
 /// A supervisor loop that has not beaten for this long is wedged.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(30);
@@ -163,28 +168,18 @@ impl Shared {
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
     }
 
-    /// Records whether Spark's REST API answered.
+    /// Records whether Spark's REST API answered (the poller's copy for
+    /// `/ready` and `/status`).
     pub fn set_spark_ui(&self, ok: bool, error: Option<String>) {
         self.spark_ui_ok.store(ok, Ordering::SeqCst);
         self.update(|s| {
             s.spark_ui.ok = ok;
             s.spark_ui.last_error = error;
-            if ok && s.state == Phase::Running && s.spark_up_since_unix.is_none() {
-                s.spark_up_since_unix = Some(unix_now());
-            }
         });
     }
 
-    /// Records the application id Spark reported.
-    pub fn set_spark_app_id(&self, id: String) {
-        self.update(|s| s.spark_ui.app_id = Some(id));
-    }
-
-    /// Takes the last known application id (the attempt that just ended).
-    pub fn take_spark_app_id(&self) -> Option<String> {
-        let mut id = None;
-        self.update(|s| id = s.spark_ui.app_id.take());
-        id
+    pub fn phase_name(&self) -> &'static str {
+        phase_name(self.phase())
     }
 
     /// Liveness: Ok while the supervisor works (app running, starting,

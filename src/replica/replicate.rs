@@ -30,12 +30,12 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::manifest::{self, FORMAT, FileEntry, Manifest, ManifestId};
-use super::s3client::{
+use super::snapshot::{self, LocalFile, Selection};
+use crate::config::{CheckpointConfig, ConfigError};
+use crate::s3::{
     Location, MULTIPART_THRESHOLD, PART_SIZE, S3Settings, Store, StoreError, Throttle,
     sha256_bytes, sha256_file,
 };
-use super::snapshot::{self, LocalFile, Selection};
-use crate::config::{CheckpointConfig, ConfigError};
 
 /// How often a cycle rescans when files change under it.
 const MAX_SCANS: usize = 5;

@@ -29,12 +29,12 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::manifest::{self, FileEntry, Manifest, ManifestId, QueryEntry};
-use super::s3client::{
+use super::snapshot::{self, OWN_PREFIX};
+use crate::config::CheckpointConfig;
+use crate::s3::{
     Location, MULTIPART_THRESHOLD, PART_SIZE, S3Settings, Store, StoreError, Throttle,
     sha256_bytes, sha256_file,
 };
-use super::snapshot::{self, OWN_PREFIX};
-use crate::config::CheckpointConfig;
 
 /// Marker of an in-place restore whose final move did not finish.
 pub const INCOMPLETE_MARKER: &str = ".sparkvisor-restore-incomplete";

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::s3client::{Location, S3Settings, Store, StoreError, connect};
 use crate::config::SparkConfig;
+use crate::s3::{Location, S3Settings, Store, StoreError, connect};
 
 /// Local replacements for the configured entries; `None` where nothing
 /// was remote (use the configuration as it is). Feed these to

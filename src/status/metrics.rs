@@ -10,7 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::supervisor::exit::ExitClass;
+use crate::exit::ExitClass;
 
 pub struct Metrics {
     registry: Registry,

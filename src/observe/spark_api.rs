@@ -1,0 +1,130 @@
+//! Asks Spark's REST API (`<probes.spark_ui>/api/v1/applications`) whether
+//! the current attempt's app is up, every `probes.poll_interval`.
+//!
+//! Publishes [`SparkApi`] (up since when, app id) for the tasks that need
+//! it, and the reachability into [`Shared`] for `/ready` and `/status`.
+//! Invariants: polls only while an attempt runs; facts are reset when a
+//! new attempt starts; one request at a time, bounded by [`SPARK_TIMEOUT`]
+//! and [`MAX_SPARK_BODY`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::attempt::{Current, SparkApi};
+use crate::httpclient::{HttpClient, HttpError};
+use crate::status::{Shared, unix_now};
+
+/// How long one poll waits for Spark's REST API.
+pub const SPARK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer read from Spark's REST API.
+pub const MAX_SPARK_BODY: usize = 256 * 1024;
+
+/// Polls until the runtime stops.
+pub async fn poll(
+    shared: Arc<Shared>,
+    spark_ui: String,
+    every: Duration,
+    mut current: watch::Receiver<Current>,
+    out: watch::Sender<SparkApi>,
+) {
+    let uri = format!("{}/api/v1/applications", spark_ui.trim_end_matches('/'));
+    let client = HttpClient::new();
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = current.changed() => if changed.is_err() { return },
+        }
+        let Some(attempt) = *current.borrow_and_update() else {
+            if shared.snapshot().spark_ui.ok || out.borrow().ok {
+                shared.set_spark_ui(false, Some(format!("app is {}", shared.phase_name())));
+            }
+            out.send_if_modified(|s| {
+                let was_ok = s.ok;
+                s.ok = false;
+                was_ok
+            });
+            continue;
+        };
+        if out.borrow().attempt != attempt.number {
+            out.send_replace(SparkApi {
+                attempt: attempt.number,
+                ..SparkApi::default()
+            });
+            shared.update(|s| s.spark_up_since_unix = None);
+        }
+        let (ok, err, app_id) = match client
+            .get(
+                &uri,
+                &[("accept", "application/json")],
+                SPARK_TIMEOUT,
+                MAX_SPARK_BODY,
+            )
+            .await
+        {
+            Ok(a) if a.status == 200 => (true, None, first_app_id(&a.body)),
+            Ok(a) => (false, Some(format!("HTTP {}", a.status)), None),
+            Err(HttpError::Timeout(_)) => (
+                false,
+                Some(format!("no answer within {}s", SPARK_TIMEOUT.as_secs())),
+                None,
+            ),
+            Err(e) => (false, Some(e.to_string()), None),
+        };
+        // The attempt may have ended while the request was out.
+        if *current.borrow() != Some(attempt) {
+            continue;
+        }
+        let was = out.borrow().ok;
+        if ok != was {
+            info!(
+                ok,
+                error = err.as_deref().unwrap_or(""),
+                "Spark REST API reachability changed"
+            );
+        }
+        out.send_modify(|s| {
+            s.ok = ok;
+            if ok && s.up_since.is_none() {
+                s.up_since = Some(Instant::now());
+            }
+            if app_id.is_some() {
+                s.app_id = app_id.clone();
+            }
+        });
+        shared.set_spark_ui(ok, err);
+        if ok {
+            shared.update(|s| {
+                if s.spark_up_since_unix.is_none() {
+                    s.spark_up_since_unix = Some(unix_now());
+                }
+                if let Some(id) = &app_id {
+                    s.spark_ui.app_id = Some(id.clone());
+                }
+            });
+        }
+    }
+}
+
+/// The id of the first application in `/api/v1/applications`.
+fn first_app_id(body: &str) -> Option<String> {
+    let apps: serde_json::Value = serde_json::from_str(body).ok()?;
+    apps.get(0)?.get("id")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids() {
+        let body = r#"[ {"id" : "local-1795218955", "name" : "rate-stream", "attempts" : []} ]"#;
+        assert_eq!(first_app_id(body).as_deref(), Some("local-1795218955"));
+        assert_eq!(first_app_id("[]"), None);
+        assert_eq!(first_app_id("<html>"), None);
+    }
+}

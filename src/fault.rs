@@ -3,7 +3,8 @@
 //! have it, so no production setting can trip it).
 //!
 //! `SPARKVISOR_FAULT=<task>@<file>[,<task>@<file>…]`: the essential task
-//! `<task>` (see `crate::tasks`) panics once `<file>` exists. The trigger
+//! `<task>` (see `crate::tasks`), or `supervisor` (the loop itself),
+//! panics once `<file>` exists. The trigger
 //! is a file so a test can first bring sparkvisor to the state it wants to
 //! break (app running, replica written) and then pull the trigger. Without
 //! the feature the variable is an unknown configuration key (exit 2).
@@ -32,9 +33,10 @@ fn armed() -> &'static [(String, PathBuf)] {
 
 /// `fut`, made to panic once the trigger for `task` exists (unchanged when
 /// no fault names `task`).
-pub fn arm<F>(task: &'static str, fut: F) -> impl Future<Output = ()> + Send + 'static
+pub fn arm<F, T>(task: &'static str, fut: F) -> impl Future<Output = T> + Send + 'static
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
     let trigger = armed()
         .iter()
@@ -45,7 +47,7 @@ where
             return fut.await;
         };
         tokio::select! {
-            _ = fut => {}
+            v = fut => v,
             _ = async {
                 while !trigger.exists() {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -78,6 +78,8 @@ wait
     struct Case {
         dir: tempfile::TempDir,
         port: u16,
+        /// `supervisor.exit_linger`.
+        linger: &'static str,
     }
 
     impl Case {
@@ -85,6 +87,7 @@ wait
             Case {
                 dir: tempfile::tempdir().unwrap(),
                 port: free_port(),
+                linger: "0s",
             }
         }
 
@@ -111,7 +114,7 @@ app = "{app}"
 CASE_DIR = "{d}"
 [supervisor]
 runtime_dir = "{d}/run"
-exit_linger = "0s"
+exit_linger = "{linger}"
 stop_grace = "20s"
 [probes]
 listen = "127.0.0.1:{port}"
@@ -126,6 +129,7 @@ cds = "off"
                     d = self.d().display(),
                     port = self.port,
                     ui = free_port(),
+                    linger = self.linger,
                 ),
             )
         }
@@ -146,6 +150,32 @@ cds = "off"
 
         fn pull_trigger(&self) {
             std::fs::write(self.trigger(), b"").unwrap();
+        }
+    }
+
+    /// Every process the app runs (its script and its `sleep`).
+    fn app_processes(sv_pid: i32) -> Vec<i32> {
+        wait_for("the app and its child", Duration::from_secs(10), || {
+            let d: Vec<i32> = descendants(sv_pid).into_iter().map(|(p, _)| p).collect();
+            (d.len() >= 2).then_some(d)
+        })
+    }
+
+    fn all_gone(pids: &[i32]) {
+        for p in pids {
+            wait_for(
+                "every process of the app to be gone",
+                Duration::from_secs(10),
+                || {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let state = stat
+                        .rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next());
+                    matches!(state, None | Some("Z") | Some("X")).then_some(())
+                },
+            );
         }
     }
 
@@ -172,7 +202,7 @@ cds = "off"
     fn a_dead_reaper_turns_health_503_stops_the_app_and_exits_70() {
         let c = Case::new();
         let mut sv = c.start("reaper", "", &[]);
-        let sv_pid = sv.pid();
+        let app = app_processes(sv.pid());
         c.pull_trigger();
         let (_, why) = wait_for("/health 503", Duration::from_secs(20), || {
             get(c.port, "/health").filter(|(code, _)| *code == 503)
@@ -194,7 +224,7 @@ cds = "off"
             c.d().join("stopped").exists(),
             "the app got its stop signal"
         );
-        assert!(descendants(sv_pid).is_empty());
+        all_gone(&app);
         let log = sv.log_text();
         assert_panic_logged(&log, "reaper");
         assert!(log.contains("class=\"stopped\""), "{log}");
@@ -216,6 +246,35 @@ cds = "off"
             "the app got its stop signal"
         );
         assert_panic_logged(&sv.log_text(), "http");
+    }
+
+    #[test]
+    fn a_dead_supervisor_loop_still_stops_the_app_and_exits_70() {
+        let c = Case {
+            linger: "3s",
+            ..Case::new()
+        };
+        let mut sv = c.start("supervisor", "", &[]);
+        let app = app_processes(sv.pid());
+        c.pull_trigger();
+        let (_, why) = wait_for("/health 503", Duration::from_secs(20), || {
+            get(c.port, "/health").filter(|(code, _)| *code == 503)
+        });
+        assert!(why.contains("the supervisor loop died"), "{why}");
+        assert_eq!(
+            sv.wait_exit(Duration::from_secs(30)),
+            70,
+            "{}",
+            sv.log_text()
+        );
+        assert!(
+            c.d().join("stopped").exists(),
+            "the app got its stop signal"
+        );
+        all_gone(&app);
+        let log = sv.log_text();
+        assert!(log.contains("panic in sparkvisor"), "{log}");
+        assert!(log.contains("src/fault.rs:"), "{log}");
     }
 
     #[test]

@@ -56,17 +56,31 @@ const ARGS: &[&str] = &[
 const ARGV_SECRETS: &[&str] = &["S3CRET21", "S3CRET22", "S3CRET23", "S3CRET24"];
 
 fn config(dir: &Path, port: u16, json: bool) -> PathBuf {
+    config_with(dir, port, json, true)
+}
+
+/// The table as a config; `env_files` false leaves out `[spark.env_files]`.
+fn config_with(dir: &Path, port: u16, json: bool, env_files: bool) -> PathBuf {
     // The shell keeps its arguments: its argv is what spark-submit got.
     let home = script_spark_home(dir, "#!/bin/sh\ntrap 'exit 0' TERM\nsleep 1000 &\nwait\n");
     let app = write(dir, "app.py", "# unused\n");
     let secret_file = write(dir, "orders-db", &format!("{}\n", FROM_FILE.1));
     let args: Vec<String> = ARGS.iter().map(|a| format!("{a:?}")).collect();
+    let files = if env_files {
+        format!(
+            "[spark.env_files]\n{} = \"{}\"\n",
+            FROM_FILE.0,
+            secret_file.display()
+        )
+    } else {
+        String::new()
+    };
     write(
         dir,
         "sv.toml",
         &format!(
             "[spark]\nhome = \"{home}\"\napp = \"{app}\"\napp_args = [{args}]\n[spark.conf]\n{conf}\n\
-             [spark.env]\n{env}\n[spark.env_files]\n{name} = \"{file}\"\n[supervisor]\nruntime_dir = \"{d}/run\"\n\
+             [spark.env]\n{env}\n{files}[supervisor]\nruntime_dir = \"{d}/run\"\n\
              exit_linger = \"0s\"\n[probes]\nlisten = \"127.0.0.1:{port}\"\nspark_ui = \"http://127.0.0.1:{ui}\"\n\
              [jvm]\ncds = \"off\"\n[log]\nformat = \"{format}\"\n",
             home = home.display(),
@@ -74,8 +88,6 @@ fn config(dir: &Path, port: u16, json: bool) -> PathBuf {
             args = args.join(", "),
             conf = CONF.join("\n"),
             env = ENV.join("\n"),
-            name = FROM_FILE.0,
-            file = secret_file.display(),
             d = dir.display(),
             ui = free_port(),
             format = if json { "json" } else { "text" },
@@ -128,7 +140,7 @@ fn plan_shows_no_secret_in_text_or_json() {
 #[test]
 fn a_configuration_error_does_not_echo_a_secret() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = config(d.path(), free_port(), false);
+    let cfg = config_with(d.path(), free_port(), false, false);
     for bad in [
         "spark.env.DB_PASSWORD={nested=\"S3CRET90\"}",
         "probes.spark_ui=\"http://u:S3CRET91@h\"",

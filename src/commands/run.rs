@@ -124,6 +124,7 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
     signals.watch_tasks(deaths);
     let stop_signal = resolved.stop_signal;
     let grace = loaded.config.supervisor.stop_grace.get();
+    let linger = loaded.config.supervisor.exit_linger.get();
     let ctx = RunContext {
         loaded,
         resolved,
@@ -138,13 +139,18 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
     let sup =
         Supervisor::new(ctx, signals, tasks).map_err(|e| Error::io("starting the reaper", e))?;
     let reaper = sup.reaper().clone();
-    let code = match CatchUnwind::new(sup.run()).await {
+    let supervise = sup.run();
+    #[cfg(feature = "fault-injection")]
+    let supervise = crate::fault::arm("supervisor", supervise);
+    let code = match CatchUnwind::new(supervise).await {
         Ok(code) => code,
         Err(panic) => {
             let why = panic_reason(&*panic);
             error!(why = %why, "the supervisor loop died; stopping the app without it");
             shared.set_failure(format!("the supervisor loop died: {why}"));
             emergency_stop(&reaper, &current_rx, stop_signal, grace).await;
+            // The final state stays up for exit_linger, as after any failure.
+            tokio::time::sleep(linger).await;
             EXIT_INTERNAL
         }
     };

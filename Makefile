@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
 SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
 
-.PHONY: test demo lint java venv build help s3s-fs agent
+.PHONY: test demo lint java venv build help s3s-fs agent faketime
 
 help:
 	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
@@ -49,9 +49,18 @@ s3s-fs:
 	  echo "s3s-fs not found: installing it (S3-compatible test server)"; \
 	  cargo install s3s-fs --version 0.14.1 --features binary --locked; }
 
+# tests/clock_step.rs steps sparkvisor's own wall clock with libfaketime
+# (LD_PRELOAD into sparkvisor only; the machine's clock is never touched).
+FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
+faketime:
+	@test -f $(FAKETIME_LIB) || { \
+	  echo "libfaketime not found: installing it (clock-step test)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libfaketime; }
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features fault-injection -- -D warnings
 
 build:
 	cargo build --release
@@ -64,7 +73,9 @@ demo: java venv build
 
 # `cargo test --all-targets` builds examples as test harnesses only; the
 # tests run the example binaries (checkpoint_sync), so build them first.
-test: java venv s3s-fs lint
-	cargo build --examples
+# The test build has the test-only fault injection (tests/faults.rs;
+# src/fault.rs), which release builds never have.
+test: java venv s3s-fs faketime lint
+	cargo build --examples --features fault-injection
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
-	  cargo test --all-targets -- --test-threads=2
+	  cargo test --all-targets --features fault-injection -- --test-threads=2

@@ -11,10 +11,13 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod exit;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod http;
 pub mod httpclient;
 pub mod jvm;
 pub mod kube;
+pub mod listeners;
 pub mod logging;
 pub mod observe;
 pub mod preflight;
@@ -25,5 +28,6 @@ pub mod sizing;
 pub mod status;
 pub mod submit;
 pub mod supervisor;
+pub mod tasks;
 
 pub use error::{Error, Result};

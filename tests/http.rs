@@ -302,3 +302,63 @@ fn slow_clients_do_not_hold_the_server() {
     assert_eq!(sv.wait_exit(Duration::from_secs(30)), 0);
     let _ = &s.dir;
 }
+
+#[test]
+fn probes_answer_while_abusive_connections_hold_the_port() {
+    let stub = StubSpark::start();
+    let s = Setup::new(stub.port);
+    let mut sv = s.start();
+    // 300 connections that never finish their headers (more than the
+    // server serves at once), then 300 malformed requests.
+    let held: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            let _ = write!(c, "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: ");
+            c
+        })
+        .collect();
+    let garbage: [&[u8]; 3] = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"HELLO WORLD\r\n\r\n",
+        b"GET /health HTTP/9.9\r\nHost\r\n\r\n",
+    ];
+    let mut malformed: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            let _ = c.write_all(garbage[i % garbage.len()]);
+            c
+        })
+        .collect();
+    // Each malformed request is refused (400) or its connection shed; once
+    // all are, the server has taken in every connection above.
+    for c in malformed.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reply = Vec::new();
+        let r = c.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            r.is_err() || reply.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "{r:?} {text:.60}"
+        );
+    }
+    // Then 50 probes, each on a fresh connection as kubelet sends them.
+    let mut took: Vec<Duration> = (0..50)
+        .map(|_| {
+            let (code, body, t) = timed_get(s.port, "/health");
+            assert_eq!(code, 200, "{body}");
+            t
+        })
+        .collect();
+    took.sort();
+    let p99 = took[(took.len() - 1) * 99 / 100];
+    eprintln!(
+        "/health under abuse: p50 {:?}, p99 {p99:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    // The bound of the definition of done.
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}: {took:?}");
+    drop(held);
+    send(sv.pid(), Signal::SIGTERM);
+    assert_eq!(sv.wait_exit(Duration::from_secs(30)), 0);
+}

@@ -243,6 +243,10 @@ fn env_layer(env: &[(String, String)]) -> Result<Dict, ConfigError> {
         if RESERVED_ENV.contains(&rest) || rest.is_empty() || is_service_link(rest) {
             continue;
         }
+        // Test builds only: the fault-injection trigger (src/fault.rs).
+        if cfg!(feature = "fault-injection") && rest == "FAULT" {
+            continue;
+        }
         let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if keys.iter().any(String::is_empty) {
             return Err(ConfigError {

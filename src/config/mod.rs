@@ -2,8 +2,9 @@
 //!
 //! Owns everything between "the user wrote something" and "the rest of
 //! sparkvisor gets typed, validated values". Invariant: any error leaving
-//! this module is a [`ConfigError`] that names the key, the value and the
-//! source (file, env var, flag, default), and maps to exit code 2.
+//! this module is a [`ConfigError`] that names the key, the value (secrets
+//! redacted) and the source (file, env var, flag, default), and maps to
+//! exit code 2.
 
 mod load;
 mod resolve;
@@ -88,7 +89,7 @@ impl fmt::Display for ConfigError {
         if let Some(key) = &self.key {
             write!(f, "`{key}`")?;
             if let Some(v) = &self.value {
-                write!(f, " = {v}")?;
+                write!(f, " = {}", crate::redact::value_for_display(key, v))?;
             }
             match (&self.origin, &self.value) {
                 // An unset key has no interesting source.
@@ -98,10 +99,11 @@ impl fmt::Display for ConfigError {
             f.write_str(": ")?;
         } else if let Some(s) = &self.origin {
             if let Some(v) = &self.value {
-                write!(f, "{v:?} ")?;
+                let shown = crate::redact::value_for_display(&s.to_string(), v);
+                write!(f, "{shown:?} ")?;
             }
             write!(f, "(from {s}): ")?;
         }
-        f.write_str(&self.message)
+        f.write_str(&crate::redact::redact_value(&self.message))
     }
 }

@@ -92,6 +92,7 @@ pub fn resolve_with(
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Resolved, ConfigError> {
+    check_paths(loaded)?;
     let (spark_home, spark_submit) = resolve_spark_home(loaded, env)?;
     let app = resolve_app(loaded)?;
     let client = match loaded.config.spark.mode {
@@ -110,6 +111,141 @@ pub fn resolve_with(
         listen,
         stop_signal,
     })
+}
+
+/// What a path key may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathRule {
+    /// A local directory sparkvisor itself reads and writes: absolute.
+    AbsoluteDir,
+    /// A local file or directory sparkvisor reads: not a URL.
+    Local,
+}
+
+/// Whether `s` is written as a URL (`s3a://b/p`, `file:/x`, `hdfs:x`)
+/// rather than a local path.
+pub fn looks_like_url(s: &str) -> bool {
+    if s.starts_with('/') {
+        return false;
+    }
+    if s.contains("://") {
+        return true;
+    }
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    !rest.is_empty()
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+}
+
+/// Why `value` cannot be the path key `key` (pure), or None.
+pub fn path_problem(key: &str, value: &str, rule_absolute: bool, cwd: &Path) -> Option<String> {
+    if value.trim().is_empty() {
+        return Some("is empty; expected a local path".into());
+    }
+    if looks_like_url(value) {
+        if let Some(local) = value
+            .strip_prefix("file://")
+            .or_else(|| value.strip_prefix("file:"))
+        {
+            let local = format!("/{}", local.trim_start_matches('/'));
+            return Some(format!("is a URL; write the local path itself: {local:?}"));
+        }
+        let hint = if key == "checkpoint.dir" {
+            let scheme = value.split(':').next().unwrap_or("");
+            let s3 = if scheme.starts_with("s3") {
+                format!(
+                    " (here: checkpoint.s3.uri = {:?})",
+                    format!("s3{}", &value[scheme.len()..])
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "; the checkpoint stays on local disk, where sparkvisor watches, repairs and                  replicates it: set checkpoint.dir to a local directory (such as                  \"/var/lib/sparkvisor/checkpoint\") and checkpoint.s3.uri to the S3 location{s3}"
+            )
+        } else {
+            String::new()
+        };
+        return Some(format!("is a URL, but it must be a local path{hint}"));
+    }
+    if rule_absolute && !Path::new(value).is_absolute() {
+        return Some(format!(
+            "must be an absolute path (a relative one depends on the working directory; here it would be {:?})",
+            cwd.join(value).display().to_string()
+        ));
+    }
+    None
+}
+
+/// The path keys: no URLs anywhere; sparkvisor's own directories absolute.
+fn check_paths(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let keys: [(&[&str], Option<&Path>, PathRule); 7] = [
+        (
+            &["checkpoint", "dir"],
+            cfg.checkpoint.dir.as_deref(),
+            PathRule::AbsoluteDir,
+        ),
+        (
+            &["supervisor", "runtime_dir"],
+            Some(cfg.supervisor.runtime_dir.as_path()),
+            PathRule::AbsoluteDir,
+        ),
+        (
+            &["jvm", "archive_dir"],
+            cfg.jvm.archive_dir.as_deref(),
+            PathRule::AbsoluteDir,
+        ),
+        (
+            &["checkpoint", "quarantine_dir"],
+            cfg.checkpoint.quarantine_dir.as_deref(),
+            PathRule::AbsoluteDir,
+        ),
+        (
+            &["spark", "home"],
+            cfg.spark.home.as_deref(),
+            PathRule::Local,
+        ),
+        (
+            &["spark", "properties_file"],
+            cfg.spark.properties_file.as_deref(),
+            PathRule::Local,
+        ),
+        (
+            &["spark", "client", "executor_pod_template"],
+            cfg.spark.client.executor_pod_template.as_deref(),
+            PathRule::Local,
+        ),
+    ];
+    for (key, value, rule) in keys {
+        let Some(value) = value else { continue };
+        let dotted = key.join(".");
+        let text = value.to_string_lossy();
+        if let Some(why) = path_problem(&dotted, &text, rule == PathRule::AbsoluteDir, &cwd) {
+            return Err(ConfigError::at(
+                &dotted,
+                loaded.source_of(key),
+                Some(format!("{text:?}")),
+                why,
+            ));
+        }
+    }
+    for (name, path) in &cfg.spark.env_files {
+        let text = path.to_string_lossy();
+        if let Some(why) = path_problem("spark.env_files", &text, false, &cwd) {
+            return Err(ConfigError::at(
+                &format!("spark.env_files.{name}"),
+                loaded.source_of(&["spark", "env_files", name]),
+                Some(format!("{text:?}")),
+                why,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `spark.home` (else `SPARK_HOME`) and its executable `bin/spark-submit`.
@@ -511,6 +647,10 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16), String> {
         .strip_prefix("http://")
         .ok_or_else(|| "expected http://HOST:PORT".to_string())?;
     let hostport = rest.split('/').next().unwrap_or("");
+    if hostport.contains('@') {
+        // Never echoed: what precedes the @ may be a password.
+        return Err("expected http://HOST:PORT without user or password".into());
+    }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => (
             h.to_string(),
@@ -586,12 +726,55 @@ mod tests {
     }
 
     #[test]
+    fn path_keys() {
+        let cwd = Path::new("/work");
+        let p = |key: &str, v: &str, abs: bool| path_problem(key, v, abs, cwd);
+        let why = p("checkpoint.dir", "s3a://bucket/checkpoints/", true).unwrap();
+        assert!(why.contains("is a URL"), "{why}");
+        assert!(
+            why.contains(r#"checkpoint.s3.uri = "s3://bucket/checkpoints/""#),
+            "{why}"
+        );
+        let why = p("checkpoint.dir", "gs://b/c", true).unwrap();
+        assert!(
+            why.contains("checkpoint.s3.uri") && !why.contains("here:"),
+            "{why}"
+        );
+        let why = p("supervisor.runtime_dir", "file:///run/sv", true).unwrap();
+        assert!(why.contains(r#""/run/sv""#), "{why}");
+        let why = p("jvm.archive_dir", "cds", true).unwrap();
+        assert!(
+            why.contains("absolute") && why.contains("/work/cds"),
+            "{why}"
+        );
+        assert!(
+            p("jvm.archive_dir", "hdfs:archive", true)
+                .unwrap()
+                .contains("URL")
+        );
+        assert!(p("checkpoint.dir", "", true).unwrap().contains("empty"));
+        assert_eq!(p("checkpoint.dir", "/var/lib/sv/ckpt", true), None);
+        assert_eq!(
+            p("checkpoint.dir", "/data/a:b", true),
+            None,
+            "a colon inside a path"
+        );
+        // Files sparkvisor only reads may be relative, never URLs.
+        assert_eq!(p("spark.properties_file", "conf/spark.conf", false), None);
+        assert!(p("spark.properties_file", "https://h/x.conf", false).is_some());
+        assert!(!looks_like_url("./a:b"));
+        assert!(looks_like_url("s3a:bucket/x"));
+    }
+
+    #[test]
     fn urls_and_signals() {
         assert_eq!(
             parse_http_url("http://127.0.0.1:4040"),
             Ok(("127.0.0.1".into(), 4040))
         );
         assert!(parse_http_url("https://x:1").is_err());
+        let e = parse_http_url("http://u:pw@h:1").unwrap_err();
+        assert!(!e.contains("pw"), "{e}");
         assert_eq!(parse_s3_uri("s3://b/p/q/"), Ok(("b".into(), "p/q".into())));
         assert!(parse_s3_uri("s3:///p").is_err());
         assert_eq!(parse_signal("TERM"), Ok(nix::sys::signal::Signal::SIGTERM));

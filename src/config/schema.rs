@@ -98,6 +98,10 @@ pub struct SparkConfig {
     pub properties_file: Option<PathBuf>,
     /// Extra environment for spark-submit.
     pub env: BTreeMap<String, ConfValue>,
+    /// Environment variables for spark-submit read from files (a mounted
+    /// Secret): the way to hand secrets to the app without the command
+    /// line; never shown.
+    pub env_files: BTreeMap<String, PathBuf>,
     pub client: ClientConfig,
 }
 

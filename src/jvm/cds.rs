@@ -24,9 +24,10 @@
 //! waits for [`Cds::quiesce`] before signalling, and no dump starts once a
 //! stop has begun.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
@@ -189,40 +190,58 @@ impl Cds {
     }
 
     /// The JVM options for `attempt` (empty when CDS is off). The
-    /// attempt's watcher starts with [`Cds::started`].
-    pub fn before_start(&self, attempt: u32, shared: &Arc<Shared>) -> Vec<String> {
+    /// attempt's watcher starts with [`Cds::started`]. Checking the archive
+    /// (a SHA-256 over 100–180 MB when it changed) runs on a blocking
+    /// thread, without the state's lock.
+    pub async fn before_start(&self, attempt: u32, shared: &Arc<Shared>) -> Vec<String> {
         let inner = &self.inner;
         let setup = &inner.setup;
-        let mut st = inner.lock();
-        if let Some(old) = st.current.take()
-            && let Some(w) = old.watcher
-        {
-            w.abort();
-        }
-        shared.metrics.jvm_cds_archive_used.set(0);
-        st.attempt = AttemptStatus {
-            attempt,
-            dump: "none".into(),
-            ..Default::default()
+        let (strategy, runtime_dump, verified) = {
+            let mut st = inner.lock();
+            if let Some(old) = st.current.take()
+                && let Some(w) = old.watcher
+            {
+                w.abort();
+            }
+            shared.metrics.jvm_cds_archive_used.set(0);
+            st.attempt = AttemptStatus {
+                attempt,
+                dump: "none".into(),
+                ..Default::default()
+            };
+            let Some((strategy, runtime_dump)) = st.strategy else {
+                inner.publish(&st, shared);
+                return Vec::new();
+            };
+            (strategy, runtime_dump, st.verified)
         };
-        let Some((strategy, runtime_dump)) = st.strategy else {
-            inner.publish(&st, shared);
-            return Vec::new();
+        let store = setup.store.clone();
+        let log_path = setup.log_path.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&log_path);
+            if let Some(dir) = log_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let mut verified = verified;
+            let ready = match store.check(&mut verified) {
+                Ok(r) => r.is_some(),
+                Err(why) => {
+                    warn!(archive = %store.archive().display(), why = %why, "discarding the CDS archive");
+                    store.discard();
+                    verified = None;
+                    false
+                }
+            };
+            (ready, verified)
+        })
+        .await;
+        let (ready, verified) = match checked {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         let store = &setup.store;
-        let _ = std::fs::remove_file(&setup.log_path);
-        if let Some(dir) = setup.log_path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let ready = match store.check(&mut st.verified) {
-            Ok(r) => r.is_some(),
-            Err(why) => {
-                warn!(archive = %store.archive().display(), why = %why, "discarding the CDS archive");
-                store.discard();
-                st.verified = None;
-                false
-            }
-        };
+        let mut st = inner.lock();
+        st.verified = verified;
         let plan = decide::attempt_plan(
             strategy,
             runtime_dump,
@@ -272,14 +291,12 @@ impl Cds {
         let Some(cur) = st.current.as_mut().filter(|c| c.attempt == attempt.number) else {
             return;
         };
-        let started = SystemTime::now() - attempt.started.elapsed();
         cur.watcher = tokio::runtime::Handle::try_current().ok().map(|h| {
             h.spawn(watch(
                 self.inner.clone(),
                 shared.clone(),
                 attempt,
                 cur.plan.clone(),
-                started,
                 spark,
             ))
         });
@@ -287,61 +304,118 @@ impl Cds {
 
     /// After every process of `attempt` is gone: promotes an archive the
     /// JVM wrote at exit, adopts one it rewrote itself (Java 19+), discards
-    /// one that may have crashed it.
-    pub fn after_exit(&self, attempt: u32, term: Termination, shared: &Shared) {
+    /// one that may have crashed it. The file work (hashing what the JVM
+    /// wrote) runs on a blocking thread, without the state's lock.
+    pub async fn after_exit(&self, attempt: u32, term: Termination, shared: &Shared) {
         let inner = &self.inner;
         let setup = &inner.setup;
-        let store = &setup.store;
-        let mut st = inner.lock();
         shared.metrics.jvm_cds_archive_used.set(0);
-        let Some(cur) = st.current.take().filter(|c| c.attempt == attempt) else {
-            return;
+        let (cur, strategy, verified) = {
+            let mut st = inner.lock();
+            let Some(cur) = st.current.take().filter(|c| c.attempt == attempt) else {
+                return;
+            };
+            (cur, st.strategy, st.verified)
         };
-        if let Some(w) = cur.watcher {
+        if let Some(w) = &cur.watcher {
             w.abort();
         }
-        let Some((strategy, _)) = st.strategy else {
+        let Some((strategy, _)) = strategy else {
             return;
         };
+        let job = AfterExit {
+            setup: setup.clone(),
+            attempt,
+            term,
+            offered: cur.plan.offered.is_some(),
+            dump: cur.plan.dump.clone(),
+            strategy,
+            verified,
+        };
+        let outcome = match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(o) => o,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let mut st = inner.lock();
+        st.verified = outcome.verified;
+        st.archives_written += outcome.written;
+        if let Some(d) = outcome.dump {
+            st.attempt.dump = d;
+        }
+        inner.publish(&st, shared);
+    }
+}
+
+/// The file work after an attempt's exit (blocking).
+struct AfterExit {
+    setup: Setup,
+    attempt: u32,
+    term: Termination,
+    offered: bool,
+    dump: Dump,
+    strategy: Strategy,
+    verified: Option<Identity>,
+}
+
+/// What [`AfterExit::run`] changed.
+struct AfterExitOutcome {
+    verified: Option<Identity>,
+    written: u64,
+    dump: Option<String>,
+}
+
+impl AfterExit {
+    fn run(self) -> AfterExitOutcome {
+        let AfterExit {
+            setup,
+            attempt,
+            term,
+            offered,
+            dump,
+            strategy,
+            mut verified,
+        } = self;
+        let store = &setup.store;
+        let mut written = 0;
+        let mut dump_status = None;
         let normal_exit = matches!(term, Termination::Exited(_)) && !fatal(term);
-        if cur.plan.offered.is_some() && fatal(term) {
+        if offered && fatal(term) {
             warn!(attempt, status = ?term, archive = %store.archive().display(),
                 "the JVM died of a fatal error while using the CDS archive: discarding it; the next start is cold and makes a new one");
             store.discard();
-            st.verified = None;
+            verified = None;
         }
         let log = std::fs::read_to_string(&setup.log_path).unwrap_or_default();
-        if let Dump::AtExit(partial) = &cur.plan.dump {
-            let written = partial.exists() && cdslog::dump_written(&log);
-            if normal_exit && written {
-                let java = java_version(setup);
-                match tokio::task::block_in_place(|| store.promote(partial, "dump-at-exit", &java))
-                {
+        if let Dump::AtExit(partial) = &dump {
+            let made = partial.exists() && cdslog::dump_written(&log);
+            if normal_exit && made {
+                let java = java_version(&setup);
+                match store.promote(partial, "dump-at-exit", &java) {
                     Ok((ready, id)) => {
-                        st.verified = Some(id);
-                        st.archives_written += 1;
-                        st.attempt.dump = "written".into();
+                        verified = Some(id);
+                        written += 1;
+                        dump_status = Some("written".into());
                         info!(attempt, archive = %ready.path.display(), bytes = ready.size, "the JVM wrote its CDS archive at exit");
                     }
                     Err(e) => {
-                        st.attempt.dump = format!("failed: {e}");
+                        dump_status = Some(format!("failed: {e}"));
                         warn!(attempt, error = %e, "cannot keep the CDS archive written at exit");
                     }
                 }
             } else {
-                st.attempt.dump = "not written (the JVM did not exit normally)".into();
+                dump_status = Some("not written (the JVM did not exit normally)".into());
                 debug!(attempt, status = ?term, "no CDS archive from this attempt");
             }
         }
         if strategy == Strategy::AutoCreate {
             let now = Identity::of(&store.archive());
-            if now.is_some() && now != st.verified {
+            if now.is_some() && now != verified {
                 if normal_exit {
-                    let java = java_version(setup);
-                    match tokio::task::block_in_place(|| store.adopt("jvm-auto-create", &java)) {
+                    let java = java_version(&setup);
+                    match store.adopt("jvm-auto-create", &java) {
                         Ok(id) => {
-                            st.verified = Some(id);
-                            st.archives_written += 1;
+                            verified = Some(id);
+                            written += 1;
                             info!(attempt, archive = %store.archive().display(), "the JVM rewrote its CDS archive at exit");
                         }
                         Err(e) => {
@@ -352,13 +426,17 @@ impl Cds {
                 } else {
                     warn!(attempt, status = ?term, "the JVM was writing its CDS archive when it died: discarding it");
                     store.discard();
-                    st.verified = None;
+                    verified = None;
                 }
             }
         }
         // Partial dumps never outlive their attempt.
         store.prune();
-        inner.publish(&st, shared);
+        AfterExitOutcome {
+            verified,
+            written,
+            dump: dump_status,
+        }
     }
 }
 
@@ -424,25 +502,32 @@ fn fatal(term: Termination) -> bool {
     fatal_signals.iter().any(|s| *s as i32 == n)
 }
 
-/// Whether a batch was committed at or after `since` under a checkpoint
-/// root holding one query (`commits/`) or one per subfolder.
-pub fn committed_since(root: &Path, since: SystemTime) -> bool {
-    let mut dirs = vec![root.join("commits")];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        dirs.extend(rd.flatten().map(|e| e.path().join("commits")));
+/// The newest committed batch of each query under a checkpoint root
+/// holding one query or one per subfolder (blocking: lists each query's
+/// `offsets/` and `commits/`; a root that cannot be read has none).
+fn committed(root: &Path) -> BTreeMap<PathBuf, u64> {
+    crate::checkpoint::refresh(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|q| Some((q.path, q.latest_committed_batch?)))
+        .collect()
+}
+
+/// [`committed`] on a blocking thread.
+async fn committed_off_runtime(root: &Path) -> BTreeMap<PathBuf, u64> {
+    let root = root.to_path_buf();
+    match tokio::task::spawn_blocking(move || committed(&root)).await {
+        Ok(c) => c,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-    dirs.iter().any(|d| {
-        std::fs::read_dir(d).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u64>().is_ok())
-                    && e.metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t >= since)
-            })
-        })
-    })
+}
+
+/// Whether `now` holds a commit that `before` did not: a newer batch of a
+/// query, or a query that has committed for the first time. Batch ids,
+/// not file times, so a step of the wall clock changes nothing.
+pub fn committed_since(before: &BTreeMap<PathBuf, u64>, now: &BTreeMap<PathBuf, u64>) -> bool {
+    now.iter()
+        .any(|(q, b)| before.get(q).is_none_or(|seen| b > seen))
 }
 
 /// Follows one attempt: the JVM's verdict on an offered archive, then (when
@@ -452,11 +537,16 @@ async fn watch(
     shared: Arc<Shared>,
     attempt: Attempt,
     plan: AttemptPlan,
-    started: SystemTime,
     spark: tokio::sync::watch::Receiver<SparkApi>,
 ) {
     // spark-submit execs into the driver's JVM: the attempt's pid is it.
     let (number, pid) = (attempt.number, attempt.pid);
+    // What was committed before this attempt could commit anything (every
+    // process of the previous attempt is gone when this one starts).
+    let baseline = match (&plan.dump, &inner.checkpoint_dir) {
+        (Dump::WhileRunning(_), Some(root)) => committed_off_runtime(root).await,
+        _ => BTreeMap::new(),
+    };
     if plan.offered.is_some() {
         verdict(&inner, &shared, number).await;
     }
@@ -465,19 +555,19 @@ async fn watch(
             attempt: number,
             pid,
             partial,
-            started,
+            baseline,
             spark,
         };
         dump_while_running(&inner, &shared, run).await;
     }
 }
 
-/// One requested dump: whose, where, and since when commits count.
+/// One requested dump: whose, where, and what was committed before it.
 struct DumpRun<'a> {
     attempt: u32,
     pid: i32,
     partial: &'a Path,
-    started: SystemTime,
+    baseline: BTreeMap<PathBuf, u64>,
     spark: tokio::sync::watch::Receiver<SparkApi>,
 }
 
@@ -612,11 +702,12 @@ async fn dump_while_running(inner: &Arc<Inner>, shared: &Arc<Shared>, mut run: D
 /// first answered.
 async fn wait_until_warm(inner: &Inner, run: &mut DumpRun<'_>) {
     match &inner.checkpoint_dir {
-        Some(root) => {
-            while !committed_since(root, run.started) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        Some(root) => loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if committed_since(&run.baseline, &committed_off_runtime(root).await) {
+                break;
             }
-        }
+        },
         None => {
             let attempt = run.attempt;
             let up = |s: &SparkApi| s.of(attempt).is_some_and(|s| s.up_since.is_some());
@@ -719,22 +810,24 @@ mod tests {
     fn commits_after_a_start() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        std::fs::create_dir_all(root.join("q1/commits")).unwrap();
-        std::fs::write(root.join("q1/commits/0"), "v1").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(3600);
-        assert!(committed_since(root, SystemTime::UNIX_EPOCH));
-        assert!(!committed_since(root, later), "old commits do not count");
-        std::fs::write(root.join("q1/commits/.1.tmp"), "x").unwrap();
-        assert!(!committed_since(root, later));
-        std::fs::create_dir_all(root.join("commits")).unwrap();
-        std::fs::write(root.join("commits/3"), "v1").unwrap();
+        assert!(committed(&root.join("missing")).is_empty());
+        let q1 = root.join("q1");
+        std::fs::create_dir_all(q1.join("commits")).unwrap();
+        std::fs::create_dir_all(q1.join("offsets")).unwrap();
+        std::fs::write(q1.join("commits/0"), "v1\n{\"nextBatchWatermarkMs\":0}").unwrap();
+        let before = committed(root);
+        assert_eq!(before.get(&q1), Some(&0));
+        assert!(!committed_since(&before, &before), "nothing new");
+        std::fs::write(q1.join("commits/.1.tmp"), "x").unwrap();
         assert!(
-            committed_since(root, SystemTime::UNIX_EPOCH),
-            "single query root"
+            !committed_since(&before, &committed(root)),
+            "a temp file is no commit"
         );
-        assert!(!committed_since(
-            &root.join("missing"),
-            SystemTime::UNIX_EPOCH
-        ));
+        std::fs::write(q1.join("commits/1"), "v1\n{\"nextBatchWatermarkMs\":0}").unwrap();
+        assert!(committed_since(&before, &committed(root)));
+        // A query committing for the first time counts too.
+        let q2: BTreeMap<PathBuf, u64> = [(root.join("q2"), 0)].into();
+        assert!(committed_since(&before, &q2));
+        assert!(!committed_since(&q2, &BTreeMap::new()));
     }
 }

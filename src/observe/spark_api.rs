@@ -22,7 +22,7 @@ pub const SPARK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from Spark's REST API.
 pub const MAX_SPARK_BODY: usize = 256 * 1024;
 
-/// Polls until the runtime stops.
+/// Polls until the runtime stops (never returns).
 pub async fn poll(
     shared: Arc<Shared>,
     spark_ui: String,
@@ -37,7 +37,11 @@ pub async fn poll(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = current.changed() => if changed.is_err() { return },
+            // The supervisor is gone: sparkvisor is exiting (an essential
+            // task never returns while it runs).
+            changed = current.changed() => if changed.is_err() {
+                return std::future::pending().await;
+            },
         }
         let Some(attempt) = *current.borrow_and_update() else {
             if shared.snapshot().spark_ui.ok || out.borrow().ok {

@@ -369,13 +369,15 @@ async fn restore_from(
                 }
             }
         }
-        let staging =
-            prepare_staging(dir).map_err(local_err("preparing a staging directory for", dir))?;
+        let target = dir.to_path_buf();
+        let staging = off_runtime(move || prepare_staging(&target))
+            .await
+            .map_err(local_err("preparing a staging directory for", dir))?;
         match download(store, &loc.prefix, &m, &staging.dir, &throttle).await {
             Ok(()) => {}
             Err(DownloadError::Broken(reason)) => {
                 tracing::warn!(manifest = %key, %reason, "checkpoint manifest is broken; trying the previous one");
-                let _ = std::fs::remove_dir_all(&staging.dir);
+                remove_tree_off_runtime(&staging.dir).await;
                 skipped.push(Skipped {
                     manifest: key,
                     reason,
@@ -383,7 +385,7 @@ async fn restore_from(
                 continue;
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging.dir);
+                remove_tree_off_runtime(&staging.dir).await;
                 return Err(match e {
                     DownloadError::Store(e) => e.into(),
                     DownloadError::Io(path, source) => RestoreError::Local {
@@ -395,8 +397,9 @@ async fn restore_from(
                 });
             }
         }
-        let moved_aside = staging
-            .commit(dir)
+        let target = dir.to_path_buf();
+        let moved_aside = off_runtime(move || staging.commit(&target))
+            .await
             .map_err(local_err("moving the restored checkpoint into", dir))?;
         let report = RestoreReport {
             manifest: key,
@@ -422,6 +425,24 @@ async fn restore_from(
         location: loc.to_string(),
         tried: skipped,
     })
+}
+
+/// Runs file-tree work (walks, renames, `remove_dir_all` of a staging tree
+/// of thousands of files) on a blocking thread, off the async runtime.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Removes a staging tree, off the async runtime; a failure leaves it for
+/// the next restore's `prepare_staging`.
+async fn remove_tree_off_runtime(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let _ = off_runtime(move || std::fs::remove_dir_all(dir)).await;
 }
 
 /// Where files are written before they are moved into place.

@@ -2,6 +2,10 @@
 //! liveness heartbeat, Spark REST API reachability for `/ready`, and the
 //! metrics registry (`metrics`).
 //!
+//! `/metrics` is rendered at most once per [`METRICS_MAX_AGE`] while the
+//! status is unchanged (a render costs ~80 µs; at 1,000 requests/s on
+//! cores Spark keeps busy, that CPU is what made the answers late).
+//!
 //! Invariants: this is a view for people and probes, not a message bus —
 //! tasks tell each other things through typed channels (`crate::attempt`)
 //! and only copy values in here; writers hold the lock only to copy;
@@ -11,8 +15,9 @@
 
 pub mod metrics;
 
-use std::sync::RwLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -22,6 +27,10 @@ use metrics::Metrics;
 
 /// A supervisor loop that has not beaten for this long is wedged.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(30);
+
+/// Longest time one rendering of `/metrics` is served again (only while
+/// no `Shared::update` happened since).
+pub const METRICS_MAX_AGE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,6 +134,13 @@ pub struct Shared {
     epoch: Instant,
     heartbeat_ms: AtomicU64,
     spark_ui_ok: AtomicBool,
+    /// sparkvisor's own failure (an essential task died), first one kept.
+    failure: Mutex<Option<String>>,
+    /// Bumped by every `update`: a rendering of the metrics from an older
+    /// generation is not served.
+    generation: AtomicU64,
+    /// The last rendering of the metrics: (generation, when, text).
+    rendered: Mutex<Option<(u64, Instant, Arc<str>)>>,
 }
 
 impl Shared {
@@ -135,15 +151,35 @@ impl Shared {
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             spark_ui_ok: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            rendered: Mutex::new(None),
         }
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
         let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
         f(&mut s);
         let ready = s.state == Phase::Running && self.spark_ui_ok.load(Ordering::SeqCst);
         s.ready = ready;
         self.metrics.ready.set(i64::from(ready));
+    }
+
+    /// The Prometheus text of the metrics, rendered again when the last
+    /// rendering is older than [`METRICS_MAX_AGE`] or the status changed.
+    pub fn metrics_text(&self) -> Arc<str> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut cache = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, at, text)) = cache.as_ref()
+            && *g == generation
+            && at.elapsed() < METRICS_MAX_AGE
+        {
+            return text.clone();
+        }
+        let text: Arc<str> = self.metrics.render().into();
+        *cache = Some((generation, Instant::now(), text.clone()));
+        text
     }
 
     pub fn snapshot(&self) -> Status {
@@ -182,9 +218,30 @@ impl Shared {
         phase_name(self.phase())
     }
 
+    /// Records a failure of sparkvisor itself (`crate::tasks`): from now on
+    /// liveness fails with `why`. The first failure is kept.
+    pub fn set_failure(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+    }
+
+    /// sparkvisor's own failure, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Liveness: Ok while the supervisor works (app running, starting,
-    /// restoring, in backoff within budget, stopping).
+    /// restoring, in backoff within budget, stopping) and none of its
+    /// essential tasks has died.
     pub fn liveness(&self) -> Result<(), String> {
+        if let Some(why) = self.failure() {
+            return Err(why);
+        }
         match self.phase() {
             Phase::Exhausted => return Err("restart budget exhausted".into()),
             Phase::Exited => return Err("the app has ended and will not be restarted".into()),
@@ -256,6 +313,43 @@ mod tests {
         s.update(|st| st.state = Phase::Backoff);
         assert!(s.readiness().is_err());
         assert_eq!(s.metrics.ready.get(), 0);
+    }
+
+    #[test]
+    fn metrics_are_rendered_again_after_an_update_or_when_old() {
+        let s = Shared::new();
+        s.metrics.child_starts_total.inc();
+        let first = s.metrics_text();
+        assert!(first.contains("sparkvisor_child_starts_total 1"));
+        s.metrics.child_starts_total.inc();
+        // Same generation, fresh: the same rendering.
+        let again = s.metrics_text();
+        assert!(Arc::ptr_eq(&first, &again) || again.contains("sparkvisor_child_starts_total 2"));
+        s.update(|st| st.attempt = 2);
+        assert!(s.metrics_text().contains("sparkvisor_child_starts_total 2"));
+        s.metrics.child_starts_total.inc();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s.metrics_text().contains("sparkvisor_child_starts_total 3") {
+            assert!(
+                Instant::now() < deadline,
+                "a rendering older than METRICS_MAX_AGE is renewed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_failure_of_sparkvisor_fails_liveness_in_any_phase() {
+        let s = Shared::new();
+        s.beat();
+        s.update(|st| st.state = Phase::Running);
+        assert!(s.liveness().is_ok());
+        s.set_failure("essential task reaper died: panicked".into());
+        s.set_failure("a later one".into());
+        assert_eq!(
+            s.liveness().unwrap_err(),
+            "essential task reaper died: panicked"
+        );
     }
 
     #[test]

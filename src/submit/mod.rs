@@ -12,11 +12,11 @@ pub mod properties;
 
 pub use client::executor_prefix;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupFs, HostInfo, Limits};
-use crate::config::{Loaded, Mode, Resolved, Source};
+use crate::config::{ConfigError, Loaded, Mode, Resolved, Source};
 use crate::error::Error;
 use crate::redact;
 use crate::sizing::{self, Sizing, SizingInput};
@@ -100,6 +100,8 @@ pub struct LaunchPlan {
     pub properties_path: PathBuf,
     /// Variables set for the child on top of sparkvisor's own environment.
     pub env: BTreeMap<String, String>,
+    /// Variables of `env` read from `spark.env_files`: never shown.
+    pub secret_env: BTreeSet<String>,
     pub python: bool,
     pub attempt: u32,
 }
@@ -139,7 +141,14 @@ impl LaunchPlan {
     pub fn display_env(&self) -> BTreeMap<String, String> {
         self.env
             .iter()
-            .map(|(k, v)| (k.clone(), redact::value_for_display(k, v)))
+            .map(|(k, v)| {
+                let shown = if self.secret_env.contains(k) {
+                    redact::REDACTED.to_string()
+                } else {
+                    redact::value_for_display(k, v)
+                };
+                (k.clone(), shown)
+            })
             .collect()
     }
 
@@ -205,6 +214,8 @@ pub struct Prepared {
     /// The child's environment on top of sparkvisor's, without the
     /// per-attempt `SPARKVISOR_ATTEMPT`.
     pub env: BTreeMap<String, String>,
+    /// Variables of `env` read from `spark.env_files`: never shown.
+    pub secret_env: BTreeSet<String>,
 }
 
 impl Prepared {
@@ -260,12 +271,89 @@ pub fn prepare(
     for (k, v) in &cfg.spark.env {
         env.insert(k.clone(), v.0.clone());
     }
+    let mut secret_env = BTreeSet::new();
+    for (k, path) in &cfg.spark.env_files {
+        env.insert(k.clone(), read_env_file(loaded, k, path)?);
+        secret_env.insert(k.clone());
+    }
+    check_checkpoint_location(loaded, &user)?;
     Ok(Prepared {
         sizing,
         python,
         user,
         env,
+        secret_env,
     })
+}
+
+/// The value of `spark.env_files.<name>`: the file's text without its
+/// trailing line break (as Secrets are often written). Never shown.
+fn read_env_file(loaded: &Loaded, name: &str, path: &Path) -> Result<String, Error> {
+    let key = format!("spark.env_files.{name}");
+    let source = loaded.source_of(&["spark", "env_files", name]);
+    let shown = Some(format!("{:?}", path.display().to_string()));
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::at(
+            &key,
+            source.clone(),
+            shown.clone(),
+            format!("cannot read the file: {e}"),
+        )
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        ConfigError::at(
+            &key,
+            source.clone(),
+            shown.clone(),
+            "the file is not UTF-8 text",
+        )
+    })?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.contains('\0') {
+        return Err(ConfigError::at(
+            &key,
+            source,
+            shown,
+            "the file holds a NUL byte, which no environment variable can",
+        )
+        .into());
+    }
+    Ok(value.to_string())
+}
+
+/// A Spark conf that moves the checkpoint away from `checkpoint.dir`
+/// would leave every checkpoint feature of sparkvisor watching the wrong
+/// directory.
+fn check_checkpoint_location(
+    loaded: &Loaded,
+    user: &BTreeMap<String, Property>,
+) -> Result<(), Error> {
+    const KEY: &str = "spark.sql.streaming.checkpointLocation";
+    let (Some(dir), Some(p)) = (&loaded.config.checkpoint.dir, user.get(KEY)) else {
+        return Ok(());
+    };
+    let same = Path::new(p.value.trim_end_matches('/')) == dir.as_path()
+        || p.value.strip_prefix("file:").is_some_and(|v| {
+            Path::new(v.trim_start_matches("//").trim_end_matches('/')) == dir.as_path()
+        });
+    if same {
+        return Ok(());
+    }
+    let source = match &p.origin {
+        Origin::Conf(s) => s.clone(),
+        other => Source::Derived(other.to_string()),
+    };
+    Err(ConfigError::at(
+        &format!("spark.conf.\"{KEY}\""),
+        source,
+        Some(format!("{:?}", p.value)),
+        format!(
+            "differs from checkpoint.dir ({}); sparkvisor exports checkpoint.dir as this conf, and watches, repairs and replicates that directory: remove this conf (to keep the checkpoint in S3, set checkpoint.s3.uri and keep checkpoint.dir local)",
+            dir.display()
+        ),
+    )
+    .into())
 }
 
 /// The user's layers, lowest first.
@@ -389,6 +477,7 @@ pub fn build(
         properties: merged,
         properties_path,
         env,
+        secret_env: prepared.secret_env.clone(),
         python: prepared.python,
         attempt,
     })

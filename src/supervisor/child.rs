@@ -4,7 +4,13 @@
 //! Invariants: the app is the leader of a new process group; `kill_tree`
 //! reaches the group and every descendant of sparkvisor (as PID 1: every
 //! other process in the PID namespace), so no orphaned Python worker or
-//! second driver survives into the next attempt.
+//! second driver survives into the next attempt. When sparkvisor is not
+//! PID 1 the app's process gets SIGKILL as its parent-death signal, so it
+//! never outlives its supervisor (as PID 1 the kernel already kills the
+//! whole namespace). The kernel sends that signal when the *thread* that
+//! forked the child ends, so the app is spawned only from the thread that
+//! runs the supervisor loop (the main thread, in `block_on`), which lives
+//! as long as the process.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::CommandExt;
@@ -24,7 +30,28 @@ pub fn command(plan: &LaunchPlan) -> Command {
         .envs(&plan.env)
         .stdin(Stdio::null())
         .process_group(0);
+    if std::process::id() != 1 {
+        die_with_parent(&mut cmd);
+    }
     cmd
+}
+
+/// The child gets SIGKILL when sparkvisor dies (kept across the exec
+/// chain spark-submit → spark-class → java).
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (prctl, getppid, kill).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // sparkvisor died between fork and prctl: nobody would signal.
+            if nix::unistd::getppid() != parent {
+                let _ = kill(nix::unistd::getpid(), Signal::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sends `sig` to one process; a process that is already gone is fine.

@@ -8,7 +8,9 @@
 //! checkpoint repair between attempts), `replica` (S3 around the loop).
 //!
 //! Invariants: one attempt at a time, and a new one starts only after every
-//! process of the previous one is gone; after TERM/INT no restart happens;
+//! process of the previous one is gone; after TERM/INT, or once one of
+//! sparkvisor's essential tasks has died (`crate::tasks`: graceful stop,
+//! final sync, exit [`EXIT_INTERNAL`]), no restart happens;
 //! the grace period is a deadline, not a sleep (sparkvisor exits as soon as
 //! everything is gone); the current attempt is published on its channel
 //! (`crate::attempt`) from spawn to exit, and the state in [`Shared`] is
@@ -36,6 +38,7 @@ use crate::kube;
 use crate::observe::progress::Stall;
 use crate::status::{LastExit, Phase, Shared, unix_now};
 use crate::submit::{self, LaunchOptions, LaunchPlan, Prepared, SystemView};
+use crate::tasks::{Died, EXIT_INTERNAL, Essential, Tasks};
 use backoff::{Backoff, Budget};
 use reaper::Reaper;
 use signals::{Request, Signals};
@@ -89,20 +92,27 @@ pub struct Supervisor {
     last_oom: (Option<u64>, Option<u64>),
     /// Local copies of an app / py-files given as `s3://…`.
     artifacts: crate::artifacts::LocalArtifacts,
+    /// Spawns the replication tasks (essential).
+    tasks: Tasks,
+    /// The reaper's loop.
+    reaper_task: Option<Essential>,
+    /// The first essential task that died: the app is stopped, no restart.
+    failure: Option<Died>,
 }
 
 impl Supervisor {
-    /// Installs signal handlers and the reaper. Must run inside the tokio
-    /// runtime, before anything is spawned.
-    pub fn new(ctx: RunContext) -> std::io::Result<Self> {
+    /// Starts the reaper (an essential task of `tasks`) and takes over the
+    /// signal handlers installed at start-up. Must run inside the tokio
+    /// runtime, before the app is spawned.
+    pub fn new(ctx: RunContext, signals: Signals, tasks: Tasks) -> std::io::Result<Self> {
         if std::process::id() != 1 {
             // Orphans of the app are reparented to sparkvisor, which reaps them.
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
                 warn!(error = %e, "cannot become a child subreaper; orphans go to the system's init");
             }
         }
-        let signals = Signals::install()?;
-        let reaper = Reaper::start()?;
+        let (reaper, reaping) = Reaper::start()?;
+        let reaper_task = Some(tasks.spawn("reaper", reaping));
         let sup = &ctx.loaded.config.supervisor;
         let backoff = Backoff::new(
             sup.backoff_initial.get(),
@@ -120,6 +130,9 @@ impl Supervisor {
             stop_signal,
             last_oom: (None, None),
             artifacts: Default::default(),
+            tasks,
+            reaper_task,
+            failure: None,
         })
     }
 
@@ -139,22 +152,64 @@ impl Supervisor {
         shared.beat();
         if !self.before_first_start().await {
             shared.update(|s| s.state = Phase::Exited);
+            if self.failure.is_some() {
+                return self.fail_exit(None).await;
+            }
             info!("stop requested before the app started; exiting");
             return 0;
         }
-        let replica = match replica::start(shared.clone(), &self.ctx.loaded.config).await {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot start checkpoint replication");
-                return 2;
-            }
-        };
+        let replica =
+            match replica::start(shared.clone(), &self.ctx.loaded.config, &self.tasks).await {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %e, "cannot start checkpoint replication");
+                    return 2;
+                }
+            };
         let code = self.supervise().await;
+        if self.failure.is_some() {
+            return self.fail_exit(replica).await;
+        }
         if let Some(r) = replica {
             info!("final checkpoint sync to S3");
             r.finish().await;
         }
+        if let Some(t) = self.reaper_task.take() {
+            t.abort();
+        }
         code
+    }
+
+    /// After an essential task died and the app is gone: the final sync
+    /// (unless replication itself died), the final state served for
+    /// `exit_linger`, exit [`EXIT_INTERNAL`].
+    async fn fail_exit(&mut self, replica: Option<replica::Replica>) -> i32 {
+        let died = self.failure.clone().expect("called after a failure");
+        if let Some(r) = replica {
+            if r.is_alive() {
+                info!("final checkpoint sync to S3");
+                r.finish().await;
+            } else {
+                warn!(
+                    "no final checkpoint sync: the replication task died; the replica keeps its last manifest"
+                );
+                r.abort();
+            }
+        }
+        self.ctx.shared.update(|s| s.state = Phase::Exited);
+        error!(task = died.task, why = %died.why, code = EXIT_INTERNAL, "sparkvisor failed; the app was stopped");
+        self.linger().await;
+        EXIT_INTERNAL
+    }
+
+    /// Records an essential task's death; true for the first one.
+    fn note_failure(&mut self, died: Died) -> bool {
+        if self.failure.is_some() {
+            warn!(task = died.task, why = %died.why, "another essential task died");
+            return false;
+        }
+        self.failure = Some(died);
+        true
     }
 
     /// Restore from S3 and remote artifacts, retried until done; false when
@@ -205,6 +260,10 @@ impl Supervisor {
                 },
                 req = self.signals.recv() => match req {
                     Request::Stop(_) => return None,
+                    Request::Failed(d) => {
+                        self.note_failure(d);
+                        return None;
+                    }
                     Request::Forward(_) => continue,
                 },
             };
@@ -224,7 +283,24 @@ impl Supervisor {
         loop {
             attempt += 1;
             repair::prepare(&shared, &self.ctx.loaded.config.checkpoint).await;
-            let plan = match self.plan(attempt) {
+            // A stop (or a death) that arrived before the start is honoured
+            // without starting the app.
+            match self.signals.pending().await {
+                Some(Request::Stop(sig)) => {
+                    shared.update(|s| s.state = Phase::Exited);
+                    info!(signal = %sig, "stop requested before the app started; exiting");
+                    return 0;
+                }
+                Some(Request::Failed(d)) => {
+                    self.note_failure(d);
+                    return EXIT_INTERNAL;
+                }
+                Some(Request::Forward(sig)) => {
+                    info!(signal = %sig, "no app running to forward the signal to")
+                }
+                None => {}
+            }
+            let plan = match self.plan(attempt).await {
                 Ok(p) => p,
                 Err(code) => return code,
             };
@@ -243,9 +319,13 @@ impl Supervisor {
             }
             self.ctx
                 .cds
-                .after_exit(attempt, ended.term, &self.ctx.shared);
+                .after_exit(attempt, ended.term, &self.ctx.shared)
+                .await;
             let class = self.record_exit(attempt, &ended);
 
+            if self.failure.is_some() {
+                return EXIT_INTERNAL;
+            }
             if ended.stop_requested {
                 shared.update(|s| s.state = Phase::Exited);
                 let code = exit::stop_exit_code(ended.term, self.stop_signal);
@@ -304,6 +384,9 @@ impl Supervisor {
                 "restarting after backoff"
             );
             if !self.wait_backoff(delay).await {
+                if self.failure.is_some() {
+                    return EXIT_INTERNAL;
+                }
                 shared.update(|s| s.state = Phase::Exited);
                 info!("stop requested during backoff; exiting");
                 return 0;
@@ -313,10 +396,10 @@ impl Supervisor {
     }
 
     /// Builds and writes the launch plan for `attempt`; Err is an exit code.
-    fn plan(&self, attempt: u32) -> Result<LaunchPlan, i32> {
+    async fn plan(&self, attempt: u32) -> Result<LaunchPlan, i32> {
         let opts = LaunchOptions {
             attempt,
-            extra_driver_java_options: self.ctx.cds.before_start(attempt, &self.ctx.shared),
+            extra_driver_java_options: self.ctx.cds.before_start(attempt, &self.ctx.shared).await,
             app_override: self.artifacts.app.clone(),
             py_files_override: self.artifacts.py_files.clone(),
         };
@@ -330,9 +413,17 @@ impl Supervisor {
             error!(error = %e, "cannot build the launch plan");
             e.exit_code()
         })?;
-        if let Err(e) = plan.write_properties() {
-            error!(path = %plan.properties_path.display(), error = %e, "cannot write the properties file");
-            return Err(1);
+        let written = {
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || plan.write_properties()).await
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(path = %plan.properties_path.display(), error = %e, "cannot write the properties file");
+                return Err(1);
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
         let shared = &self.ctx.shared;
         if attempt == 1 {
@@ -463,6 +554,22 @@ impl Supervisor {
                         deadline = None;
                         stop_when_quiet = None;
                     }
+                    Request::Failed(d) => {
+                        let task = d.task;
+                        if self.note_failure(d) && !stop_requested {
+                            stop_requested = true;
+                            shared.update(|s| s.state = Phase::Stopping);
+                            info!(
+                                task,
+                                sent = %self.stop_signal,
+                                grace_ms = grace.as_millis() as u64,
+                                "graceful stop after a failure of sparkvisor: signalling the app"
+                            );
+                            let wait = (grace / 2).min(QUIESCE_MAX);
+                            stop_when_quiet = Some(Box::pin(self.ctx.cds.quiesce(attempt, wait)));
+                            deadline = Some(tokio::time::Instant::now() + grace);
+                        }
+                    }
                     Request::Stop(sig) => {
                         stop_requested = true;
                         shared.update(|s| s.state = Phase::Stopping);
@@ -490,7 +597,11 @@ impl Supervisor {
                     child::kill_tree(Some(pid));
                     deadline = None;
                 }
-                _ = tick.tick() => shared.beat(),
+                _ = tick.tick() => {
+                    shared.beat();
+                    // Statuses arrive even if the reaper's loop has died.
+                    self.reaper.reap();
+                }
             }
         }
     }
@@ -643,6 +754,10 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(until) => return true,
                 req = self.signals.recv() => match req {
                     Request::Stop(_) => return false,
+                    Request::Failed(d) => {
+                        self.note_failure(d);
+                        return false;
+                    }
                     Request::Forward(sig) => info!(signal = %sig, "no app running to forward the signal to"),
                 },
                 _ = tick.tick() => {

@@ -23,6 +23,9 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::exit::Termination;
 
+/// How often a waiter reaps by itself while it waits.
+const REAP_POLL: Duration = Duration::from_millis(200);
+
 #[derive(Default)]
 struct Inner {
     waiters: Mutex<HashMap<i32, oneshot::Sender<Termination>>>,
@@ -38,16 +41,19 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Installs the SIGCHLD handler and starts reaping on the current
-    /// tokio runtime. Call before spawning anything.
-    pub fn start() -> io::Result<Reaper> {
+    /// Installs the SIGCHLD handler and returns the reaper and its loop,
+    /// which the caller spawns as an essential task (`crate::tasks`). Call
+    /// inside the tokio runtime, before spawning anything. The loop is not
+    /// the only path: waiters also reap on their own ticks, so statuses
+    /// still arrive if the loop has died.
+    pub fn start() -> io::Result<(Reaper, impl Future<Output = ()> + Send + 'static)> {
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Reaper {
             inner: Arc::new(Inner::default()),
         };
         reaper.reap();
         let r = reaper.clone();
-        tokio::spawn(async move {
+        let run = async move {
             // A periodic pass guards against a lost notification; SIGCHLD
             // is the normal path.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -58,8 +64,8 @@ impl Reaper {
                 }
                 r.reap();
             }
-        });
-        Ok(reaper)
+        };
+        Ok((reaper, run))
     }
 
     /// Spawns `cmd` and returns its pid and a receiver for its termination.
@@ -138,7 +144,11 @@ impl Reaper {
             if !self.has_children() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Reap at least every REAP_POLL, should the reaper's loop be gone.
+            let until = deadline.min(tokio::time::Instant::now() + REAP_POLL);
+            if tokio::time::timeout_at(until, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 self.reap();
                 return !self.has_children();
             }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::artifacts::{LocalArtifacts, fetch_remote_artifacts};
@@ -23,6 +22,7 @@ use crate::replica::replicate::{Replicator, SyncStats};
 use crate::replica::restore::{RestoreOutcome, restore_if_needed};
 use crate::s3::S3Settings;
 use crate::status::Shared;
+use crate::tasks::{Essential, Tasks};
 
 /// Longest pause between two tries of a failing restore or download.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -110,17 +110,21 @@ pub async fn artifacts(cfg: &Config) -> Result<LocalArtifacts, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The running sync loop.
+/// The running sync loop and the task copying its numbers (both essential).
 pub struct Replica {
     stop: watch::Sender<bool>,
-    sync: JoinHandle<()>,
-    publish: JoinHandle<()>,
+    sync: Essential,
+    publish: Essential,
     stats: Arc<SyncStats>,
     shared: Arc<Shared>,
 }
 
 /// Starts replication when `checkpoint.s3.uri` is set.
-pub async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Option<Replica>, String> {
+pub async fn start(
+    shared: Arc<Shared>,
+    cfg: &Config,
+    tasks: &Tasks,
+) -> Result<Option<Replica>, String> {
     let s3 = &cfg.checkpoint.s3;
     let Some(replicator) = Replicator::from_config(&cfg.checkpoint)
         .await
@@ -131,9 +135,11 @@ pub async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Option<Replica>,
     let stats = replicator.stats();
     let (stop, stop_rx) = watch::channel(false);
     info!(uri = s3.uri.as_deref().unwrap_or(""), interval = %s3.sync_interval, "replicating the checkpoint to S3");
-    let sync =
-        tokio::spawn(replicator.run(s3.sync_interval.get(), stop_rx, s3.final_sync_timeout.get()));
-    let publish = tokio::spawn(publish(shared.clone(), stats.clone()));
+    let sync = tasks.spawn(
+        "replication",
+        replicator.run(s3.sync_interval.get(), stop_rx, s3.final_sync_timeout.get()),
+    );
+    let publish = tasks.spawn("replication-stats", publish(shared.clone(), stats.clone()));
     Ok(Some(Replica {
         stop,
         sync,
@@ -146,10 +152,22 @@ pub async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Option<Replica>,
 impl Replica {
     /// The last sync (after the app is gone), then the final numbers.
     pub async fn finish(self) {
+        self.sync.retire();
         let _ = self.stop.send(true);
-        let _ = self.sync.await;
+        self.sync.join().await;
         self.publish.abort();
         publish_once(&self.shared, &self.stats, &mut Published::default());
+    }
+
+    /// Whether the sync loop still runs (it can do the final sync).
+    pub fn is_alive(&self) -> bool {
+        !self.sync.is_finished()
+    }
+
+    /// Ends both tasks without a final sync.
+    pub fn abort(self) {
+        self.sync.abort();
+        self.publish.abort();
     }
 }
 

@@ -50,6 +50,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
 
     runtime.block_on(async move {
         let shared = Arc::new(Shared::new());
+        shared.set_wedge_window(loaded.config.probes.wedge_window.get());
         info!(
             version = env!("CARGO_PKG_VERSION"),
             pid = std::process::id(),

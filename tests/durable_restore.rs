@@ -193,7 +193,7 @@ fn kill_9_during_restores(in_place: bool, rounds: usize) {
         } else {
             let now = tree(&target);
             if now == old {
-                "old copy"
+                "before the move"
             } else {
                 assert_eq!(now, want, "round {round}: a half-restored checkpoint");
                 assert!(kept_aside(), "round {round}: the old copy is lost");

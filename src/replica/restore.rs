@@ -418,15 +418,7 @@ async fn restore_from(
             match decide(*has_files, queries, &m.queries) {
                 Decision::KeepLocal(reason) => {
                     tracing::info!(manifest = %key, %reason, "keeping the local checkpoint");
-                    let (d, keep) = (dir.to_path_buf(), opts.keep_moved_aside);
-                    if blocking("removing an unused staging copy beside", dir, move || {
-                        staging::prune_moved_aside(&d, keep)?;
-                        staging::discard(&d)
-                    })
-                    .await?
-                    {
-                        tracing::info!(dir = %dir.display(), "removed the staging copy of an earlier restore");
-                    }
+                    tidy_after_keeping(dir, opts).await?;
                     return Ok(RestoreOutcome::KeptLocal { reason, skipped });
                 }
                 Decision::Restore(reason) => {
@@ -473,6 +465,21 @@ async fn restore_from(
         location: loc.to_string(),
         tried: skipped,
     })
+}
+
+/// The local copy stays: an earlier restore's staging is not needed, and
+/// copies moved aside beyond the bound go (a crash may have left one more).
+async fn tidy_after_keeping(dir: &Path, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let (d, keep) = (dir.to_path_buf(), opts.keep_moved_aside);
+    let removed = blocking("removing an unused staging copy beside", dir, move || {
+        staging::prune_moved_aside(&d, keep)?;
+        staging::discard(&d)
+    })
+    .await?;
+    if removed {
+        tracing::info!(dir = %dir.display(), "removed the staging copy of an earlier restore");
+    }
+    Ok(())
 }
 
 /// How restoring one manifest went wrong.

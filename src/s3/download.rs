@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use super::{Store, StoreError};
+use super::{Body, Store, StoreError};
 use crate::beat::Beat;
 
 /// How a download reacts to a failing or stalled server.
@@ -162,64 +162,16 @@ struct Known {
 impl Download<'_> {
     /// Downloads what the part file lacks; returns once it holds the span.
     pub async fn run(&self) -> Result<Fetched, DownloadError> {
-        let io = |source| DownloadError::Io {
-            path: self.part.to_path_buf(),
-            source,
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(self.part)
-            .await
-            .map_err(io)?;
-        let mut have = file.metadata().await.map_err(io)?.len();
-        if self.span.len().is_some_and(|len| have > len) {
-            file.set_len(0).await.map_err(io)?;
-            have = 0;
-        }
-        file.seek(std::io::SeekFrom::Start(have))
-            .await
-            .map_err(io)?;
+        let (mut file, mut have) = self.open_part().await?;
         let resumed_from = have;
         self.beat.bytes(have);
         let mut known = Known::default();
         let mut failures = 0u32;
-        loop {
-            let want = self
-                .span
-                .len()
-                .or(known.size.map(|s| s.saturating_sub(self.span.start)));
-            if want == Some(have) {
-                break;
-            }
+        while !self.holds(have, &known) {
             let before = have;
             let err = match self.one_try(&mut file, &mut have, &mut known).await {
                 Ok(()) => continue,
-                Err(TryError::NotFound) => {
-                    return Err(DownloadError::NotFound {
-                        bucket: self.store.bucket().to_string(),
-                        key: self.key.to_string(),
-                    });
-                }
-                Err(TryError::Io(e)) => return Err(io(e)),
-                Err(TryError::WrongSize(size)) => {
-                    return Err(DownloadError::WrongSize {
-                        bucket: self.store.bucket().to_string(),
-                        key: self.key.to_string(),
-                        size,
-                        expected: self.expect_size.unwrap_or_default(),
-                    });
-                }
-                Err(TryError::Changed) => {
-                    file.set_len(0).await.map_err(io)?;
-                    file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
-                    have = 0;
-                    known = Known::default();
-                    "the object changed between requests; starting it again".to_string()
-                }
-                Err(TryError::Transient(e)) => e,
+                Err(e) => self.settle(e, &mut file, &mut have, &mut known).await?,
             };
             failures = if have > before { 1 } else { failures + 1 };
             if failures >= self.patience.tries {
@@ -240,67 +192,103 @@ impl Download<'_> {
             );
             tokio::time::sleep(delay).await;
         }
-        file.flush().await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
+        file.flush().await.map_err(|e| self.io(e))?;
+        file.sync_all().await.map_err(|e| self.io(e))?;
         Ok(Fetched {
             len: have,
             resumed_from,
         })
     }
 
+    fn io(&self, source: std::io::Error) -> DownloadError {
+        DownloadError::Io {
+            path: self.part.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The part file, positioned at its end (what it holds is kept unless
+    /// it is longer than the span).
+    async fn open_part(&self) -> Result<(tokio::fs::File, u64), DownloadError> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.part)
+            .await
+            .map_err(|e| self.io(e))?;
+        let mut have = file.metadata().await.map_err(|e| self.io(e))?.len();
+        if self.span.len().is_some_and(|len| have > len) {
+            file.set_len(0).await.map_err(|e| self.io(e))?;
+            have = 0;
+        }
+        file.seek(std::io::SeekFrom::Start(have))
+            .await
+            .map_err(|e| self.io(e))?;
+        Ok((file, have))
+    }
+
+    /// Whether the part file holds the whole span.
+    fn holds(&self, have: u64, known: &Known) -> bool {
+        let want = self
+            .span
+            .len()
+            .or(known.size.map(|s| s.saturating_sub(self.span.start)));
+        want == Some(have)
+    }
+
+    /// A failed try: final errors out, the rest becomes the reason to retry
+    /// (a changed object first empties the part).
+    async fn settle(
+        &self,
+        e: TryError,
+        file: &mut tokio::fs::File,
+        have: &mut u64,
+        known: &mut Known,
+    ) -> Result<String, DownloadError> {
+        match e {
+            TryError::NotFound => Err(DownloadError::NotFound {
+                bucket: self.store.bucket().to_string(),
+                key: self.key.to_string(),
+            }),
+            TryError::WrongSize(size) => Err(DownloadError::WrongSize {
+                bucket: self.store.bucket().to_string(),
+                key: self.key.to_string(),
+                size,
+                expected: self.expect_size.unwrap_or_default(),
+            }),
+            TryError::Io(e) => Err(self.io(e)),
+            TryError::Changed => {
+                file.set_len(0).await.map_err(|e| self.io(e))?;
+                file.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(|e| self.io(e))?;
+                *have = 0;
+                *known = Known::default();
+                Ok("the object changed between requests; starting it again".to_string())
+            }
+            TryError::Transient(e) => Ok(e),
+        }
+    }
+
+    /// One request for what is missing, its body appended to the file.
     async fn one_try(
         &self,
         file: &mut tokio::fs::File,
         have: &mut u64,
         known: &mut Known,
     ) -> Result<(), TryError> {
-        let stall = self.patience.stall;
-        let stalled =
-            |what: &str| TryError::Transient(format!("{what} for {:.1}s", stall.as_secs_f64()));
         // The semaphore is never closed.
         let _slot = self.slots.acquire().await.ok();
         let from = self.span.start + *have;
-        let mut body = tokio::time::timeout(stall, self.store.open(self.key, from, self.span.end))
-            .await
-            .map_err(|_| stalled("no response"))?
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => TryError::NotFound,
-                StoreError::OutOfRange { .. } if self.expect_size.is_some() => {
-                    TryError::WrongSize(None)
-                }
-                e => TryError::Transient(e.to_string()),
-            })?;
-        if let (Some(want), Some(size)) = (self.expect_size, body.object_size)
-            && want != size
-        {
-            return Err(TryError::WrongSize(Some(size)));
-        }
-        if let (Some(seen), Some(now)) = (&known.etag, &body.etag)
-            && seen != now
-        {
-            return Err(TryError::Changed);
-        }
-        if body.etag.is_some() {
-            known.etag = body.etag.clone();
-        }
-        if body.object_size.is_some() {
-            known.size = body.object_size;
-        }
-        if body.first_byte > from {
-            return Err(TryError::Transient(format!(
-                "asked for byte {from}, the answer starts at byte {}",
-                body.first_byte
-            )));
-        }
+        let mut body = self.request(from, known).await?;
         // A server that ignored the range sends bytes we already hold.
         let mut skip = from - body.first_byte;
         let end = self.span.end.or(known.size);
-        loop {
-            if end.is_some_and(|e| self.span.start + *have >= e) {
-                break;
-            }
-            let chunk = match tokio::time::timeout(stall, body.next_chunk()).await {
-                Err(_) => return Err(stalled("no byte")),
+        while end.is_none_or(|e| self.span.start + *have < e) {
+            let chunk = match tokio::time::timeout(self.patience.stall, body.next_chunk()).await {
+                Err(_) => return Err(self.stalled("no byte")),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     return Err(TryError::Transient(format!("reading the body: {e}")));
@@ -334,6 +322,52 @@ impl Download<'_> {
                 Ok(())
             }
         }
+    }
+
+    fn stalled(&self, what: &str) -> TryError {
+        TryError::Transient(format!(
+            "{what} for {:.1}s",
+            self.patience.stall.as_secs_f64()
+        ))
+    }
+
+    /// Sends the GET from byte `from` and checks the answer is the object
+    /// the earlier bytes came from, of the expected size.
+    async fn request(&self, from: u64, known: &mut Known) -> Result<Body, TryError> {
+        let open = self.store.open(self.key, from, self.span.end);
+        let body = tokio::time::timeout(self.patience.stall, open)
+            .await
+            .map_err(|_| self.stalled("no response"))?
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => TryError::NotFound,
+                StoreError::OutOfRange { .. } if self.expect_size.is_some() => {
+                    TryError::WrongSize(None)
+                }
+                e => TryError::Transient(e.to_string()),
+            })?;
+        if let (Some(want), Some(size)) = (self.expect_size, body.object_size)
+            && want != size
+        {
+            return Err(TryError::WrongSize(Some(size)));
+        }
+        if let (Some(seen), Some(now)) = (&known.etag, &body.etag)
+            && seen != now
+        {
+            return Err(TryError::Changed);
+        }
+        if body.etag.is_some() {
+            known.etag = body.etag.clone();
+        }
+        if body.object_size.is_some() {
+            known.size = body.object_size;
+        }
+        if body.first_byte > from {
+            return Err(TryError::Transient(format!(
+                "asked for byte {from}, the answer starts at byte {}",
+                body.first_byte
+            )));
+        }
+        Ok(body)
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod attempt;
+pub mod beat;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod commands;

@@ -8,7 +8,10 @@
 //! checksums the server may not understand (S3-compatible servers differ),
 //! content integrity is checked by sparkvisor itself (SHA-256 per file);
 //! uploads above [`MULTIPART_THRESHOLD`] are multipart with parts of
-//! [`PART_SIZE`] (≥ 5 MiB, as S3 requires).
+//! [`PART_SIZE`] (≥ 5 MiB, as S3 requires). Downloads that must survive a
+//! slow or stalling link stream to disk and resume through `download`.
+
+pub mod download;
 
 use std::path::Path;
 use std::time::Duration;
@@ -104,6 +107,9 @@ pub enum StoreError {
     },
     #[error("{path} changed while it was uploaded")]
     Changed { path: String },
+    /// A ranged GET beyond the object's end (HTTP 416).
+    #[error("s3://{bucket}/{key} ends before the requested range")]
+    OutOfRange { bucket: String, key: String },
 }
 
 /// Builds a client: default credential chain, `endpoint`, `region`
@@ -362,42 +368,8 @@ impl Store {
         Ok(total)
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object (small ones: manifests).
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        self.get_inner(key, None).await
-    }
-
-    /// Reads `len` bytes of an object from `start`.
-    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        self.get_inner(key, Some((start, start + len - 1))).await
-    }
-
-    async fn get_inner(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, StoreError> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
-        if let Some((a, b)) = range {
-            req = req.range(format!("bytes={a}-{b}"));
-        }
-        let out = req.send().await.map_err(|e| {
-            if is_not_found(&e) {
-                self.not_found(key)
-            } else {
-                request_error("GET", &self.bucket, key, e)
-            }
-        })?;
-        let body = out.body.collect().await.map_err(|e| StoreError::Request {
-            op: "GET",
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            message: format!("reading the body: {e}"),
-        })?;
-        Ok(body.into_bytes().to_vec())
-    }
-
-    /// Streams a whole object into a new file at `path`; returns its size.
-    pub async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
         let out = self
             .client
             .get_object()
@@ -412,17 +384,48 @@ impl Store {
                     request_error("GET", &self.bucket, key, e)
                 }
             })?;
-        let io = |source| StoreError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        };
-        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
-        let mut body = out.body.into_async_read();
-        let n = tokio::io::copy(&mut body, &mut file).await.map_err(io)?;
-        tokio::io::AsyncWriteExt::flush(&mut file)
-            .await
-            .map_err(io)?;
-        Ok(n)
+        let body = out.body.collect().await.map_err(|e| StoreError::Request {
+            op: "GET",
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            message: format!("reading the body: {e}"),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Starts reading an object from byte `from` up to `to` (exclusive;
+    /// `None`: to its end). The body is read with [`Body::next_chunk`];
+    /// the caller bounds each wait (the SDK has no timeout for a body).
+    pub async fn open(&self, key: &str, from: u64, to: Option<u64>) -> Result<Body, StoreError> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        match to {
+            Some(end) if end > from => req = req.range(format!("bytes={from}-{}", end - 1)),
+            None if from > 0 => req = req.range(format!("bytes={from}-")),
+            _ => {}
+        }
+        let out = req.send().await.map_err(|e| {
+            if is_not_found(&e) {
+                self.not_found(key)
+            } else if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                StoreError::OutOfRange {
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                }
+            } else {
+                request_error("GET", &self.bucket, key, e)
+            }
+        })?;
+        let range = out.content_range().and_then(parse_content_range);
+        let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+        Ok(Body {
+            first_byte: range.map_or(0, |(first, _)| first),
+            object_size: match range {
+                Some((_, size)) => size,
+                None => length,
+            },
+            etag: out.e_tag().map(str::to_string),
+            stream: out.body,
+        })
     }
 
     /// Every key under `prefix` (paginated), in the server's order.
@@ -495,6 +498,39 @@ impl Store {
     }
 }
 
+/// An object's body as it arrives.
+pub struct Body {
+    stream: ByteStream,
+    /// The object's byte this body starts at: the requested one, or 0
+    /// when the server ignored the range and sends the whole object.
+    pub first_byte: u64,
+    /// The whole object's size, when the response tells it.
+    pub object_size: Option<u64>,
+    pub etag: Option<String>,
+}
+
+impl Body {
+    /// The next piece of the body; `None` at its end.
+    pub async fn next_chunk(
+        &mut self,
+    ) -> Option<Result<impl std::ops::Deref<Target = [u8]> + use<>, String>> {
+        self.stream.next().await.map(|r| r.map_err(|e| causes(&e)))
+    }
+}
+
+/// `bytes FIRST-LAST/SIZE` → (FIRST, SIZE); SIZE is `None` for `*`.
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (span, size) = rest.split_once('/')?;
+    let (first, _) = span.split_once('-')?;
+    let first = first.trim().parse().ok()?;
+    let size = match size.trim() {
+        "*" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((first, size))
+}
+
 /// SHA-256 of a file, read in chunks (for files too large to hold).
 pub async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let path = path.to_path_buf();
@@ -564,5 +600,21 @@ impl Throttle {
             _slot: slot,
             _memory: memory,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 }

@@ -409,12 +409,31 @@ fn assert_invariants(r: &Rendered) -> Loaded {
                 .expect("the chart sets jvm.archive_dir"),
         );
     }
+    writable.push(cfg.artifacts_dir());
     for path in writable {
         let m = r
             .mount_for(&path)
             .unwrap_or_else(|| panic!("{} is on the read-only root", path.display()));
         assert_ne!(m["readOnly"], true, "{} is read-only", path.display());
     }
+
+    // Downloaded s3:// artifacts (jars of hundreds of MiB) go to disk: the
+    // volume at spark.artifacts_dir is never memory-backed, and is not the
+    // runtime dir's.
+    let dir = cfg.artifacts_dir();
+    let m = r.mount_for(&dir).unwrap();
+    let volume = r.volume(m["name"].as_str().unwrap());
+    assert!(
+        volume.get("persistentVolumeClaim").is_some()
+            || (volume.get("emptyDir").is_some() && volume["emptyDir"]["medium"] != "Memory"),
+        "{} is not on a disk-backed volume: {volume}",
+        dir.display()
+    );
+    assert_ne!(
+        r.mount_for(&cfg.supervisor.runtime_dir).unwrap()["name"],
+        m["name"],
+        "artifacts share the memory-backed runtime volume"
+    );
 
     // RBAC exists only for client mode on Kubernetes, and is minimal.
     let client_k8s = cfg.spark.mode == sparkvisor::config::Mode::Client
@@ -518,6 +537,11 @@ fn default_values_render_local_mode_with_the_binarys_defaults() {
             "jvm",
             "archive_dir",
             json!("/var/lib/sparkvisor/jvm-archive"),
+        ),
+        (
+            "spark",
+            "artifacts_dir",
+            json!("/var/lib/sparkvisor/artifacts"),
         ),
     ] {
         assert_eq!(rendered[section][key], value, "{section}.{key}");
@@ -758,6 +782,51 @@ fn memory_backed_checkpoint_and_size_limits() {
         !names.contains(&"jvm-archive"),
         "no archive volume when cds is off"
     );
+}
+
+#[test]
+fn artifacts_are_downloaded_to_a_disk_backed_volume() {
+    // Default: beside the checkpoint, an emptyDir on node disk with the
+    // size limit from values.
+    let r = render(&["default.yaml"], json!({}));
+    let loaded = assert_invariants(&r);
+    let dir = loaded.config.artifacts_dir();
+    assert_eq!(dir, PathBuf::from("/var/lib/sparkvisor/artifacts"));
+    let m = r.mount_for(&dir).unwrap();
+    assert_eq!(m["mountPath"], "/var/lib/sparkvisor/artifacts");
+    assert_eq!(
+        r.volume(m["name"].as_str().unwrap())["emptyDir"],
+        json!({"sizeLimit": "2Gi"})
+    );
+    // Unset, the chart derives what sparkvisor would; a chosen path and
+    // size are honoured.
+    let r = render(
+        &["default.yaml"],
+        json!({"config": {"spark": {"artifacts_dir": null}, "checkpoint": {"dir": "/data/ckpt"}}}),
+    );
+    let loaded = assert_invariants(&r);
+    assert_eq!(
+        loaded.config.artifacts_dir(),
+        PathBuf::from("/data/artifacts")
+    );
+    let r = render(
+        &["default.yaml"],
+        json!({"config": {"spark": {"artifacts_dir": "/opt/downloads"}},
+               "artifactsVolume": {"sizeLimit": "5Gi"}}),
+    );
+    assert_invariants(&r);
+    let m = r.mount_for(Path::new("/opt/downloads/0/app.jar")).unwrap();
+    assert_eq!(m["mountPath"], "/opt/downloads");
+    assert_eq!(
+        r.volume(m["name"].as_str().unwrap())["emptyDir"],
+        json!({"sizeLimit": "5Gi"})
+    );
+    // A memory medium is not offered for it.
+    let err = render_error(
+        &["default.yaml"],
+        json!({"artifactsVolume": {"medium": "Memory"}}),
+    );
+    assert!(err.contains("artifactsVolume"), "{err}");
 }
 
 #[test]

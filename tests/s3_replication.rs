@@ -1075,7 +1075,8 @@ async fn inspect_remote_reports_the_newest_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_app_and_py_files_are_downloaded_before_launch() {
-    use sparkvisor::artifacts::{ArtifactError, fetch_remote_artifacts};
+    use sparkvisor::artifacts::{ArtifactError, Fetching, fetch_remote_artifacts};
+    let how = Fetching::default();
     use sparkvisor::config::SparkConfig;
     let server = S3Server::start();
     let store = server.store().await;
@@ -1098,7 +1099,7 @@ async fn remote_app_and_py_files_are_downloaded_before_launch() {
         ],
         ..Default::default()
     };
-    let got = fetch_remote_artifacts(&spark, &server.settings(2), &dest)
+    let got = fetch_remote_artifacts(&spark, &server.settings(2), &dest, &how)
         .await
         .unwrap();
     let app = PathBuf::from(got.app.unwrap());
@@ -1114,7 +1115,7 @@ async fn remote_app_and_py_files_are_downloaded_before_launch() {
         app: Some("/opt/app.py".into()),
         ..Default::default()
     };
-    let none = fetch_remote_artifacts(&local, &server.settings(2), &tmp.path().join("none"))
+    let none = fetch_remote_artifacts(&local, &server.settings(2), &tmp.path().join("none"), &how)
         .await
         .unwrap();
     assert_eq!(none, Default::default());
@@ -1125,9 +1126,9 @@ async fn remote_app_and_py_files_are_downloaded_before_launch() {
         app: Some(format!("s3://{BUCKET}/apps/nope.py")),
         ..Default::default()
     };
-    let err = fetch_remote_artifacts(&missing, &server.settings(2), &dest)
+    let err = fetch_remote_artifacts(&missing, &server.settings(2), &dest, &how)
         .await
         .unwrap_err();
-    assert!(matches!(err, ArtifactError::Store { .. }));
+    assert!(matches!(err, ArtifactError::Download { .. }));
     assert!(err.to_string().contains("apps/nope.py"), "{err}");
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::logfile::{self, CommitEntry, LogName, Malformed, OffsetsEntry};
+use crate::beat::Beat;
 
 pub const METADATA: &str = "metadata";
 pub const OFFSETS: &str = "offsets";
@@ -357,6 +358,11 @@ pub struct QueryScan {
 }
 
 pub fn scan_query(query: &QueryDir, depth: Depth) -> QueryScan {
+    scan_query_beating(query, depth, &Beat::none())
+}
+
+/// [`scan_query`], beating `beat` for each folder a full scan walks.
+pub fn scan_query_beating(query: &QueryDir, depth: Depth, beat: &Beat) -> QueryScan {
     let dir = &query.path;
     let mut offsets = LogListing::list(&dir.join(OFFSETS), LogKind::Offsets);
     let mut commits = LogListing::list(&dir.join(COMMITS), LogKind::Commits);
@@ -369,7 +375,7 @@ pub fn scan_query(query: &QueryDir, depth: Depth) -> QueryScan {
         Depth::Full => {
             offsets.read_all();
             commits.read_all();
-            walk_tree(dir, &mut tree);
+            walk_tree(dir, &mut tree, beat);
         }
     }
     QueryScan {
@@ -383,9 +389,10 @@ pub fn scan_query(query: &QueryDir, depth: Depth) -> QueryScan {
 
 /// Walks the query folder except the two logs (listed separately), without
 /// following symlinks.
-fn walk_tree(dir: &Path, out: &mut Vec<TreeFinding>) {
+fn walk_tree(dir: &Path, out: &mut Vec<TreeFinding>, beat: &Beat) {
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
+        beat.worked();
         let rd = match fs::read_dir(&d) {
             Ok(rd) => rd,
             Err(e) => {
@@ -424,9 +431,22 @@ fn finding_path(f: &TreeFinding) -> &Path {
 
 /// Discovers and scans every query under `root`.
 pub fn scan_root(root: &Path, depth: Depth) -> Result<Vec<QueryScan>, LayoutError> {
+    scan_root_beating(root, depth, &Beat::none())
+}
+
+/// [`scan_root`], beating `beat` per query scanned and folder walked.
+pub fn scan_root_beating(
+    root: &Path,
+    depth: Depth,
+    beat: &Beat,
+) -> Result<Vec<QueryScan>, LayoutError> {
     Ok(discover(root)?
         .iter()
-        .map(|q| scan_query(q, depth))
+        .map(|q| {
+            let scan = scan_query_beating(q, depth, beat);
+            beat.items(1);
+            scan
+        })
         .collect())
 }
 

@@ -16,5 +16,6 @@ pub use inspect::{Inspection, inspect};
 pub use layout::LayoutError;
 pub use progress::{Activity, QueryProgress, assess, refresh};
 pub use repair::{
-    RepairError, RepairPlan, RepairReport, default_quarantine_dir, plan_root, repair,
+    RepairError, RepairPlan, RepairReport, default_quarantine_dir, plan_root, plan_root_beating,
+    repair, repair_beating,
 };

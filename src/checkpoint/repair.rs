@@ -29,6 +29,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::layout::{self, Depth, EntryState, LayoutError, LogListing, QueryScan, TreeFinding};
+use crate::beat::Beat;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -264,7 +265,12 @@ pub fn apply(
 /// the caller logs when `checkpoint.repair` is off. A root that does not
 /// exist yet needs no repair.
 pub fn plan_root(root: &Path) -> Result<RepairPlan, RepairError> {
-    match layout::scan_root(root, Depth::Full) {
+    plan_root_beating(root, &Beat::none())
+}
+
+/// [`plan_root`], beating `beat` as the scan goes.
+pub fn plan_root_beating(root: &Path, beat: &Beat) -> Result<RepairPlan, RepairError> {
+    match layout::scan_root_beating(root, Depth::Full, beat) {
         Ok(scans) => Ok(plan(root, &scans)),
         Err(LayoutError::NotFound(_)) => Ok(plan(root, &[])),
         Err(e) => Err(e.into()),
@@ -278,7 +284,17 @@ pub fn repair(
     quarantine_dir: Option<&Path>,
     now: SystemTime,
 ) -> Result<RepairReport, RepairError> {
-    let plan = plan_root(root)?;
+    repair_beating(root, quarantine_dir, now, &Beat::none())
+}
+
+/// [`repair`], beating `beat` as the scan goes.
+pub fn repair_beating(
+    root: &Path,
+    quarantine_dir: Option<&Path>,
+    now: SystemTime,
+    beat: &Beat,
+) -> Result<RepairReport, RepairError> {
+    let plan = plan_root_beating(root, beat)?;
     if plan.is_empty() {
         return Ok(RepairReport::default());
     }

@@ -67,6 +67,7 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
         return Ok(0);
     };
     let (loaded, resolved) = loaded?;
+    shared.set_wedge_window(loaded.config.probes.wedge_window.get());
     info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),

@@ -103,6 +103,7 @@ pub fn resolve_with(
     let stop_signal = check_supervisor(loaded)?;
     check_sizing(loaded)?;
     check_s3(loaded)?;
+    check_downloads(loaded)?;
     Ok(Resolved {
         spark_home,
         spark_submit,
@@ -463,6 +464,49 @@ fn check_s3(loaded: &Loaded) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Where and how remote files are downloaded: `spark.artifacts_dir` off
+/// the memory-backed runtime dir, positive stall and wedge windows.
+fn check_downloads(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
+    let dir = cfg.artifacts_dir();
+    if dir.starts_with(&cfg.supervisor.runtime_dir) {
+        return Err(ConfigError::at(
+            "spark.artifacts_dir",
+            match &cfg.spark.artifacts_dir {
+                Some(_) => src(&["spark", "artifacts_dir"]),
+                None => Source::Derived("derived from checkpoint.dir".into()),
+            },
+            Some(format!("{:?}", dir.display().to_string())),
+            format!(
+                "is inside supervisor.runtime_dir ({}), which is memory-backed: downloaded                  application files belong on disk",
+                cfg.supervisor.runtime_dir.display()
+            ),
+        ));
+    }
+    for (key, d) in [
+        (
+            ["checkpoint", "s3", "read_stall_timeout"].as_slice(),
+            &cfg.checkpoint.s3.read_stall_timeout,
+        ),
+        (
+            ["probes", "wedge_window"].as_slice(),
+            &cfg.probes.wedge_window,
+        ),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::at(
+                &key.join("."),
+                src(key),
+                Some("\"0s\"".into()),
+                "must be longer than zero",
+            ));
+        }
+    }
+
+    Ok(())
+}
+
 fn resolve_client(
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
@@ -695,6 +739,59 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loaded(toml: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, toml).unwrap();
+        super::super::load(&super::super::Overrides {
+            config_file: Some(f),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn artifacts_go_to_disk_beside_the_checkpoint_never_into_the_runtime_dir() {
+        let l = loaded("[checkpoint]\ndir = \"/data/ckpt\"\n");
+        assert_eq!(l.config.artifacts_dir(), PathBuf::from("/data/artifacts"));
+        assert!(check_downloads(&l).is_ok());
+        let l = loaded("");
+        assert_eq!(
+            l.config.artifacts_dir(),
+            PathBuf::from(super::super::DEFAULT_ARTIFACTS_DIR)
+        );
+        let l =
+            loaded("[spark]\nartifacts_dir = \"/opt/dl\"\n[checkpoint]\ndir = \"/data/ckpt\"\n");
+        assert_eq!(l.config.artifacts_dir(), PathBuf::from("/opt/dl"));
+        // Inside the memory-backed runtime dir: refused, naming both keys.
+        let l = loaded(
+            "[spark]\nartifacts_dir = \"/run/sv/artifacts\"\n[supervisor]\nruntime_dir = \"/run/sv\"\n",
+        );
+        let e = check_downloads(&l).unwrap_err().to_string();
+        assert!(e.contains("`spark.artifacts_dir`"), "{e}");
+        assert!(e.contains("supervisor.runtime_dir (/run/sv)"), "{e}");
+        // Derived there from checkpoint.dir: refused too, saying so.
+        let l = loaded(
+            "[checkpoint]\ndir = \"/run/sv/ckpt\"\n[supervisor]\nruntime_dir = \"/run/sv\"\n",
+        );
+        let e = check_downloads(&l).unwrap_err().to_string();
+        assert!(e.contains("derived from checkpoint.dir"), "{e}");
+    }
+
+    #[test]
+    fn stall_and_wedge_windows_must_be_positive() {
+        for (toml, key) in [
+            (
+                "[checkpoint.s3]\nread_stall_timeout = \"0s\"\n",
+                "checkpoint.s3.read_stall_timeout",
+            ),
+            ("[probes]\nwedge_window = \"0s\"\n", "probes.wedge_window"),
+        ] {
+            let e = check_downloads(&loaded(toml)).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
 
     #[test]
     fn masters() {

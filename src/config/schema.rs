@@ -26,6 +26,28 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Where `s3://` artifacts go when neither `spark.artifacts_dir` nor
+/// `checkpoint.dir` says: a disk-backed place by convention (`/var/tmp`
+/// survives reboots, so it is not a tmpfs).
+pub const DEFAULT_ARTIFACTS_DIR: &str = "/var/tmp/sparkvisor/artifacts";
+
+impl Config {
+    /// `spark.artifacts_dir`, else `artifacts` beside `checkpoint.dir` (on
+    /// the checkpoint volume's side, on disk), else [`DEFAULT_ARTIFACTS_DIR`].
+    pub fn artifacts_dir(&self) -> PathBuf {
+        if let Some(d) = &self.spark.artifacts_dir {
+            return d.clone();
+        }
+        self.checkpoint
+            .dir
+            .as_deref()
+            .and_then(|d| d.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.join("artifacts"))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ARTIFACTS_DIR))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -102,6 +124,10 @@ pub struct SparkConfig {
     /// Secret): the way to hand secrets to the app without the command
     /// line; never shown.
     pub env_files: BTreeMap<String, PathBuf>,
+    /// Where `s3://` app and py-files are downloaded (disk, never the
+    /// memory-backed runtime dir). Default: `artifacts` beside
+    /// `checkpoint.dir`, else `/var/tmp/sparkvisor/artifacts`.
+    pub artifacts_dir: Option<PathBuf>,
     pub client: ClientConfig,
 }
 
@@ -282,6 +308,12 @@ pub struct S3Config {
     pub final_sync_timeout: HumanDuration,
     /// Parallel transfers.
     pub concurrency: usize,
+    /// A download that receives no byte for this long is abandoned and
+    /// that object retried from its last byte.
+    pub read_stall_timeout: HumanDuration,
+    /// Local checkpoints a restore replaced are moved aside; this many are
+    /// kept (the oldest removed first, at least 1).
+    pub keep_moved_aside: u32,
 }
 
 impl Default for S3Config {
@@ -296,6 +328,8 @@ impl Default for S3Config {
             retain_batches: 10,
             final_sync_timeout: HumanDuration::secs(20),
             concurrency: 64,
+            read_stall_timeout: HumanDuration::secs(10),
+            keep_moved_aside: 3,
         }
     }
 }
@@ -307,6 +341,9 @@ pub struct ProbesConfig {
     pub spark_ui: String,
     /// How often the Spark REST API is polled for readiness.
     pub poll_interval: HumanDuration,
+    /// `/health` turns 503 when the supervisor loop, and the long step it
+    /// waits on, made no progress for this long.
+    pub wedge_window: HumanDuration,
 }
 
 impl Default for ProbesConfig {
@@ -315,6 +352,7 @@ impl Default for ProbesConfig {
             listen: "0.0.0.0:8080".into(),
             spark_ui: "http://127.0.0.1:4040".into(),
             poll_interval: HumanDuration::secs(2),
+            wedge_window: HumanDuration::secs(30),
         }
     }
 }

@@ -20,7 +20,13 @@
 //!   the same manifest key.
 //! - File paths in a manifest are relative, `/`-separated, without `.`/`..`
 //!   components ([`Manifest::validate`] refuses anything else), so a restore
-//!   can never write outside its target directory.
+//!   can never write outside its target directory; and a manifest that
+//!   validates can be written to disk: no file is also a folder of another
+//!   path, no name is longer than a file system allows, none is
+//!   sparkvisor's own (`.sparkvisor*` at the root), one content has one
+//!   size, times fit a file's time, query folders are safe paths that are
+//!   not files. A manifest that cannot be restored is broken (the restore
+//!   falls back to an older one), never a reason to retry forever.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +34,16 @@ use serde::{Deserialize, Serialize};
 
 /// The `format` field of every manifest this version writes and reads.
 pub const FORMAT: &str = "sparkvisor-checkpoint-manifest/1";
+
+/// sparkvisor's own entries in a checkpoint root start with this (restore
+/// staging, moved-aside copies, markers): never a checkpoint file.
+pub const OWN_PREFIX: &str = ".sparkvisor";
+
+/// Longest file name (bytes) and path (bytes) Linux file systems take.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
+/// Latest modification time a manifest may carry: 9999-12-31T23:59:59.999Z.
+const MAX_MTIME_MS: i64 = 253_402_300_799_999;
 
 /// One file of the checkpoint as it is in the replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +166,22 @@ pub enum ManifestError {
     Checksum { path: String, sha256: String },
     #[error("file {0:?} is listed twice")]
     Duplicate(String),
+    #[error("file {path:?} is also a folder of {under:?}")]
+    FileIsFolder { path: String, under: String },
+    #[error("path {0:?} is longer than a file system allows")]
+    TooLong(String),
+    #[error("path {0:?} is in sparkvisor's own namespace ({OWN_PREFIX}*)")]
+    Reserved(String),
+    #[error("content {sha256} is listed with sizes {first} and {second}")]
+    SizeConflict {
+        sha256: String,
+        first: u64,
+        second: u64,
+    },
+    #[error("file {path:?} has an impossible modification time {mtime_unix_ms}")]
+    Mtime { path: String, mtime_unix_ms: i64 },
+    #[error("query folder {0:?} is unsafe, listed twice, or a file")]
+    Query(String),
 }
 
 impl Manifest {
@@ -174,17 +206,19 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Checks everything a restore relies on: format, safe relative paths,
-    /// well-formed checksums, no path listed twice.
+    /// Checks everything a restore relies on: format, safe relative paths
+    /// a file system takes, outside sparkvisor's own names, well-formed
+    /// checksums with one size per content, no path listed twice or both a
+    /// file and a folder, modification times a file can have, safe query
+    /// folders.
     pub fn validate(&self) -> Result<(), ManifestError> {
         if self.format != FORMAT {
             return Err(ManifestError::Format(self.format.clone()));
         }
         let mut seen = BTreeSet::new();
+        let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
         for f in &self.files {
-            if !is_safe_relative_path(&f.path) {
-                return Err(ManifestError::Path(f.path.clone()));
-            }
+            check_path(&f.path)?;
             if !is_sha256_hex(&f.sha256) {
                 return Err(ManifestError::Checksum {
                     path: f.path.clone(),
@@ -193,6 +227,40 @@ impl Manifest {
             }
             if !seen.insert(f.path.as_str()) {
                 return Err(ManifestError::Duplicate(f.path.clone()));
+            }
+            match sizes.insert(f.sha256.as_str(), f.size) {
+                Some(first) if first != f.size => {
+                    return Err(ManifestError::SizeConflict {
+                        sha256: f.sha256.clone(),
+                        first,
+                        second: f.size,
+                    });
+                }
+                _ => {}
+            }
+            if f.mtime_unix_ms > MAX_MTIME_MS {
+                return Err(ManifestError::Mtime {
+                    path: f.path.clone(),
+                    mtime_unix_ms: f.mtime_unix_ms,
+                });
+            }
+        }
+        for f in &self.files {
+            if let Some(file) = ancestors(&f.path).find(|a| seen.contains(a)) {
+                return Err(ManifestError::FileIsFolder {
+                    path: file.to_string(),
+                    under: f.path.clone(),
+                });
+            }
+        }
+        let mut queries = BTreeSet::new();
+        for q in &self.queries {
+            let ok = (q.path.is_empty() || check_path(&q.path).is_ok())
+                && queries.insert(q.path.as_str())
+                && !seen.contains(q.path.as_str())
+                && !ancestors(&q.path).any(|a| seen.contains(a));
+            if !ok {
+                return Err(ManifestError::Query(q.path.clone()));
             }
         }
         Ok(())
@@ -234,6 +302,25 @@ impl Manifest {
             .map(|q| (q.path.clone(), q.latest_committed_batch))
             .collect()
     }
+}
+
+/// A file's path: safe, short enough, not one of sparkvisor's own names.
+fn check_path(p: &str) -> Result<(), ManifestError> {
+    if !is_safe_relative_path(p) {
+        return Err(ManifestError::Path(p.to_string()));
+    }
+    if p.len() > PATH_MAX || p.split('/').any(|c| c.len() > NAME_MAX) {
+        return Err(ManifestError::TooLong(p.to_string()));
+    }
+    if p.starts_with(OWN_PREFIX) {
+        return Err(ManifestError::Reserved(p.to_string()));
+    }
+    Ok(())
+}
+
+/// The folders above `p`, nearest first (`a/b/c` → `a/b`, `a`).
+fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    p.match_indices('/').rev().map(move |(i, _)| &p[..i])
 }
 
 /// Relative, `/`-separated, no empty, `.` or `..` components, no NUL.
@@ -385,6 +472,83 @@ mod tests {
             Manifest::from_json(b"{\"format\":", &id),
             Err(ManifestError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn validation_refuses_manifests_that_cannot_be_written_to_disk() {
+        let ok = |m: &Manifest| m.validate();
+        // A file and a path under it.
+        let m = manifest(3, &[("q/state/0", 'a'), ("q/state/0/1.delta", 'b')]);
+        assert_eq!(
+            ok(&m),
+            Err(ManifestError::FileIsFolder {
+                path: "q/state/0".into(),
+                under: "q/state/0/1.delta".into()
+            })
+        );
+        // The same, listed the other way round and deeper.
+        let m = manifest(3, &[("a/b/c/d", 'a'), ("a/b", 'b')]);
+        assert!(matches!(ok(&m), Err(ManifestError::FileIsFolder { .. })));
+        // Folders sharing a prefix are fine.
+        let m = manifest(3, &[("q/ab", 'a'), ("q/a/b", 'b'), ("q/a b/c", 'c')]);
+        assert_eq!(ok(&m), Ok(()));
+        // sparkvisor's own names at the root; deeper they are ordinary.
+        for bad in [
+            ".sparkvisor-restore/x",
+            ".sparkvisor-restore-incomplete",
+            ".sparkvisor-pre-restore/20261017T095320.123Z/q/metadata",
+            ".sparkvisorx",
+        ] {
+            let m = manifest(3, &[(bad, 'a')]);
+            assert_eq!(ok(&m), Err(ManifestError::Reserved(bad.into())), "{bad}");
+        }
+        assert_eq!(ok(&manifest(3, &[("q/.sparkvisor-x", 'a')])), Ok(()));
+        // Names and paths a file system refuses.
+        let long = "n".repeat(256);
+        let m = manifest(3, &[(long.as_str(), 'a')]);
+        assert!(matches!(ok(&m), Err(ManifestError::TooLong(_))));
+        let deep = vec!["d".repeat(200); 21].join("/");
+        let m = manifest(3, &[(deep.as_str(), 'a')]);
+        assert!(matches!(ok(&m), Err(ManifestError::TooLong(_))));
+        // One content, two sizes.
+        let mut m = manifest(3, &[("a", 'a'), ("b", 'a')]);
+        m.files[1].size = 2;
+        assert!(matches!(ok(&m), Err(ManifestError::SizeConflict { .. })));
+        // A time no file can have.
+        let mut m = manifest(3, &[("a", 'a')]);
+        m.files[0].mtime_unix_ms = i64::MAX;
+        assert!(matches!(ok(&m), Err(ManifestError::Mtime { .. })));
+        m.files[0].mtime_unix_ms = -5;
+        assert_eq!(ok(&m), Ok(()), "before 1970 is clamped, not refused");
+    }
+
+    #[test]
+    fn validation_refuses_bad_query_folders() {
+        let q = |path: &str| QueryEntry {
+            path: path.into(),
+            id: None,
+            latest_committed_batch: Some(1),
+            latest_offsets_batch: Some(1),
+            last_commit_unix_ms: None,
+            inflight_batch: None,
+            inflight_since_unix_ms: None,
+        };
+        let with = |queries: &[&str]| {
+            let mut m = manifest(3, &[("a/offsets/0", 'a'), ("f", 'b')]);
+            m.queries = queries.iter().map(|p| q(p)).collect();
+            m.validate()
+        };
+        assert_eq!(with(&["", "a"]), Ok(()));
+        for bad in [
+            &["../x"][..],
+            &["/abs"],
+            &["a", "a"],
+            &["f"],
+            &["f/g"],
+            &[".sparkvisor-restore"],
+        ] {
+            assert!(matches!(with(bad), Err(ManifestError::Query(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,43 +3,81 @@
 //! [`decide`] (pure) says whether the local checkpoint should be replaced;
 //! [`restore_if_needed`] is what `run` calls before the first start;
 //! [`restore_to`] is the operator command's unconditional restore into a
-//! new or empty directory.
+//! new or empty directory. The work is done by `staging` (where files are
+//! written, how they take the target's place) and `fetch` (downloading a
+//! manifest's contents, resumably).
 //!
 //! Invariants:
 //! - Manifests are tried newest first; a manifest that is unreadable, or
-//!   whose objects are missing or fail their size/SHA-256 check, is skipped
-//!   for the previous one. Request failures (server down) are errors, never
-//!   a reason to fall back.
-//! - Files are written into a staging directory beside the target and
-//!   renamed into place only when every file is verified: the target is
-//!   never half restored. When the target is a mount point (it cannot be
-//!   renamed) the staging directory is inside it and a marker file makes an
-//!   interrupted move visible, so the next restore redoes it.
+//!   whose objects are missing, of another size or fail their SHA-256
+//!   check, is skipped for the previous one. Request failures (server down,
+//!   a download that gives up) are errors, never a reason to fall back.
+//! - Files are written into a staging directory and moved into place only
+//!   when every file is verified and on disk: the target is never half
+//!   restored. What a failed try (or an earlier sparkvisor) staged is kept
+//!   and reused when it matches, so a retry resumes instead of starting
+//!   over.
 //! - A non-empty local checkpoint that is replaced is moved aside
-//!   (`<dir>.pre-restore`, or `.sparkvisor-pre-restore/` inside a mount
-//!   point), never deleted.
+//!   (`<dir>.pre-restore/<UTC time>/`, or `.sparkvisor-pre-restore/<UTC
+//!   time>/` inside a mount point), never deleted by that restore; at most
+//!   `checkpoint.s3.keep_moved_aside` copies are kept.
+//! - Progress (bytes staged, files placed, each stage) goes to the caller's
+//!   [`Beat`], so liveness can follow it.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::task::JoinSet;
 
-use super::manifest::{self, FileEntry, Manifest, ManifestId, QueryEntry};
-use super::snapshot::{self, OWN_PREFIX};
-use crate::config::CheckpointConfig;
-use crate::s3::{
-    Location, MULTIPART_THRESHOLD, PART_SIZE, S3Settings, Store, StoreError, Throttle,
-    sha256_bytes, sha256_file,
-};
+use super::fetch::{self, FetchError};
+use super::manifest::{self, Manifest, ManifestId, QueryEntry};
+use super::snapshot;
+use super::staging::{self, Interrupted, Staging};
+use crate::beat::Beat;
+use crate::config::{CheckpointConfig, S3Config};
+use crate::s3::download::{DownloadError, Patience};
+use crate::s3::{Location, S3Settings, Store, StoreError};
 
-/// Marker of an in-place restore whose final move did not finish.
-pub const INCOMPLETE_MARKER: &str = ".sparkvisor-restore-incomplete";
-const INPLACE_STAGING: &str = ".sparkvisor-restore";
-const INPLACE_ASIDE: &str = ".sparkvisor-pre-restore";
+pub use super::staging::INCOMPLETE_MARKER;
+
+/// How a restore transfers and what it keeps.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Requests in flight.
+    pub concurrency: usize,
+    pub patience: Patience,
+    /// Replaced local copies kept aside (at least 1).
+    pub keep_moved_aside: usize,
+    pub beat: Beat,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions::from_config(&S3Config::default(), Beat::none())
+    }
+}
+
+impl RestoreOptions {
+    pub fn from_config(c: &S3Config, beat: Beat) -> RestoreOptions {
+        RestoreOptions {
+            concurrency: c.concurrency.max(1),
+            patience: Patience::new(c.read_stall_timeout.get()),
+            keep_moved_aside: c.keep_moved_aside.max(1) as usize,
+            beat,
+        }
+    }
+}
+
+/// A concurrency alone: the defaults for everything else.
+impl From<usize> for RestoreOptions {
+    fn from(concurrency: usize) -> Self {
+        RestoreOptions {
+            concurrency: concurrency.max(1),
+            ..RestoreOptions::default()
+        }
+    }
+}
 
 /// Whether to replace the local checkpoint with a manifest's copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +180,8 @@ pub struct RestoreReport {
     pub skipped: Vec<Skipped>,
     /// Where the replaced local checkpoint was moved.
     pub moved_aside: Option<PathBuf>,
+    /// Bytes earlier tries (or an earlier sparkvisor) had staged already.
+    pub reused_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -166,6 +206,8 @@ pub enum RestoreError {
     NoDir,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Download(DownloadError),
     #[error("{context} {path}: {source}")]
     Local {
         context: &'static str,
@@ -219,7 +261,10 @@ pub async fn load_manifest(
 
 /// `run`'s entry point: restores `[checkpoint] dir` from `[checkpoint.s3]`
 /// when replication and `restore_on_start` are on and [`decide`] says so.
-pub async fn restore_if_needed(cfg: &CheckpointConfig) -> Result<RestoreOutcome, RestoreError> {
+pub async fn restore_if_needed(
+    cfg: &CheckpointConfig,
+    beat: &Beat,
+) -> Result<RestoreOutcome, RestoreError> {
     let Some(uri) = &cfg.s3.uri else {
         return Ok(RestoreOutcome::Disabled);
     };
@@ -233,7 +278,8 @@ pub async fn restore_if_needed(cfg: &CheckpointConfig) -> Result<RestoreOutcome,
     })?;
     let settings = S3Settings::from_config(&cfg.s3);
     let store = Store::connect(&settings, &loc.bucket).await;
-    restore_if_needed_with(&store, &loc, dir, settings.concurrency).await
+    let opts = RestoreOptions::from_config(&cfg.s3, beat.clone());
+    restore_if_needed_with(&store, &loc, dir, opts).await
 }
 
 /// [`restore_if_needed`] with an explicit connection.
@@ -241,27 +287,33 @@ pub async fn restore_if_needed_with(
     store: &Store,
     loc: &Location,
     dir: &Path,
-    concurrency: usize,
+    opts: impl Into<RestoreOptions>,
 ) -> Result<RestoreOutcome, RestoreError> {
+    let opts = opts.into();
     let started = Instant::now();
+    // An in-place move a crash interrupted is finished first: its staging
+    // copy was complete.
+    let d = dir.to_path_buf();
+    let interrupted = blocking("finishing an interrupted restore of", dir, move || {
+        staging::finish_interrupted(&d)
+    })
+    .await?;
+    opts.beat.doing("listing manifests");
     let ids = list_manifests(store, loc).await?;
     if ids.is_empty() {
         tracing::info!(replica = %loc, "no checkpoint manifest in the replica: starting fresh");
         return Ok(RestoreOutcome::NoManifest);
     }
+    opts.beat.doing("reading the local checkpoint");
     let d = dir.to_path_buf();
-    let (has_files, local) = tokio::task::spawn_blocking(move || {
-        let interrupted = d.join(INCOMPLETE_MARKER).exists();
-        snapshot::local_progress(&d).map(|(has, q)| (has && !interrupted, q))
-    })
-    .await
-    .map_err(|e| local_err("scanning", dir)(io::Error::other(e)))?
-    .map_err(local_err("scanning", dir))?;
+    let (has_files, local) =
+        blocking("scanning", dir, move || snapshot::local_progress(&d)).await?;
+    let has_files = has_files && interrupted != Interrupted::Unknown;
     restore_from(
         store,
         loc,
         dir,
-        concurrency,
+        &opts,
         ids,
         Some((has_files, local)),
         started,
@@ -275,8 +327,9 @@ pub async fn restore_to(
     store: &Store,
     loc: &Location,
     dir: &Path,
-    concurrency: usize,
+    opts: impl Into<RestoreOptions>,
 ) -> Result<RestoreOutcome, RestoreError> {
+    let opts = opts.into();
     let started = Instant::now();
     ensure_empty(dir)?;
     let ids = list_manifests(store, loc).await?;
@@ -285,7 +338,7 @@ pub async fn restore_to(
             location: loc.to_string(),
         });
     }
-    restore_from(store, loc, dir, concurrency, ids, None, started).await
+    restore_from(store, loc, dir, &opts, ids, None, started).await
 }
 
 /// Restores one given manifest into `dir`, which must be missing or
@@ -295,21 +348,12 @@ pub async fn restore_manifest(
     loc: &Location,
     id: &ManifestId,
     dir: &Path,
-    concurrency: usize,
+    opts: impl Into<RestoreOptions>,
 ) -> Result<RestoreReport, RestoreError> {
+    let opts = opts.into();
     let started = Instant::now();
     ensure_empty(dir)?;
-    match restore_from(
-        store,
-        loc,
-        dir,
-        concurrency,
-        vec![id.clone()],
-        None,
-        started,
-    )
-    .await?
-    {
+    match restore_from(store, loc, dir, &opts, vec![id.clone()], None, started).await? {
         RestoreOutcome::Restored(r) => Ok(r),
         other => Err(RestoreError::NoUsableManifest {
             location: loc.to_string(),
@@ -334,19 +378,31 @@ fn ensure_empty(dir: &Path) -> Result<(), RestoreError> {
     }
 }
 
+/// Runs file work off the async threads; errors name `context` and `path`.
+async fn blocking<T: Send + 'static>(
+    context: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| local_err(context, path)(io::Error::other(e)))?
+        .map_err(local_err(context, path))
+}
+
 async fn restore_from(
     store: &Store,
     loc: &Location,
     dir: &Path,
-    concurrency: usize,
+    opts: &RestoreOptions,
     ids: Vec<ManifestId>,
     local: Option<(bool, Vec<QueryEntry>)>,
     started: Instant,
 ) -> Result<RestoreOutcome, RestoreError> {
-    let throttle = Throttle::new(concurrency);
     let mut skipped = Vec::new();
     for id in ids {
         let key = id.key(&loc.prefix);
+        opts.beat.doing("reading a manifest");
         let m = match load_manifest(store, loc, &id).await? {
             Ok(m) => m,
             Err(reason) => {
@@ -362,6 +418,7 @@ async fn restore_from(
             match decide(*has_files, queries, &m.queries) {
                 Decision::KeepLocal(reason) => {
                     tracing::info!(manifest = %key, %reason, "keeping the local checkpoint");
+                    tidy_after_keeping(dir, opts).await?;
                     return Ok(RestoreOutcome::KeptLocal { reason, skipped });
                 }
                 Decision::Restore(reason) => {
@@ -369,38 +426,19 @@ async fn restore_from(
                 }
             }
         }
-        let target = dir.to_path_buf();
-        let staging = off_runtime(move || prepare_staging(&target))
-            .await
-            .map_err(local_err("preparing a staging directory for", dir))?;
-        match download(store, &loc.prefix, &m, &staging.dir, &throttle).await {
-            Ok(()) => {}
-            Err(DownloadError::Broken(reason)) => {
+        let (moved_aside, reused_bytes) = match restore_one(store, &loc.prefix, &m, dir, opts).await
+        {
+            Ok(r) => r,
+            Err(Attempt::Broken(reason)) => {
                 tracing::warn!(manifest = %key, %reason, "checkpoint manifest is broken; trying the previous one");
-                remove_tree_off_runtime(&staging.dir).await;
                 skipped.push(Skipped {
                     manifest: key,
                     reason,
                 });
                 continue;
             }
-            Err(e) => {
-                remove_tree_off_runtime(&staging.dir).await;
-                return Err(match e {
-                    DownloadError::Store(e) => e.into(),
-                    DownloadError::Io(path, source) => RestoreError::Local {
-                        context: "writing",
-                        path,
-                        source,
-                    },
-                    DownloadError::Broken(_) => unreachable!("handled above"),
-                });
-            }
-        }
-        let target = dir.to_path_buf();
-        let moved_aside = off_runtime(move || staging.commit(&target))
-            .await
-            .map_err(local_err("moving the restored checkpoint into", dir))?;
+            Err(Attempt::Failed(e)) => return Err(e),
+        };
         let report = RestoreReport {
             manifest: key,
             generation: m.generation,
@@ -410,12 +448,14 @@ async fn restore_from(
             seconds: started.elapsed().as_secs_f64(),
             skipped,
             moved_aside,
+            reused_bytes,
         };
         tracing::info!(
             manifest = %report.manifest,
             batches = ?report.queries.iter().map(|q| (q.path.as_str(), q.latest_committed_batch)).collect::<Vec<_>>(),
             files = report.files,
             bytes = report.bytes,
+            reused_bytes = report.reused_bytes,
             seconds = report.seconds,
             "checkpoint restored"
         );
@@ -427,353 +467,87 @@ async fn restore_from(
     })
 }
 
-/// Runs file-tree work (walks, renames, `remove_dir_all` of a staging tree
-/// of thousands of files) on a blocking thread, off the async runtime.
-async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+/// The local copy stays: an earlier restore's staging is not needed, and
+/// copies moved aside beyond the bound go (a crash may have left one more).
+async fn tidy_after_keeping(dir: &Path, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let (d, keep) = (dir.to_path_buf(), opts.keep_moved_aside);
+    let removed = blocking("removing an unused staging copy beside", dir, move || {
+        staging::prune_moved_aside(&d, keep)?;
+        staging::discard(&d)
+    })
+    .await?;
+    if removed {
+        tracing::info!(dir = %dir.display(), "removed the staging copy of an earlier restore");
     }
+    Ok(())
 }
 
-/// Removes a staging tree, off the async runtime; a failure leaves it for
-/// the next restore's `prepare_staging`.
-async fn remove_tree_off_runtime(dir: &Path) {
-    let dir = dir.to_path_buf();
-    let _ = off_runtime(move || std::fs::remove_dir_all(dir)).await;
-}
-
-/// Where files are written before they are moved into place.
-struct Staging {
-    dir: PathBuf,
-    /// The target is a mount point: staging lives inside it.
-    in_place: bool,
-}
-
-fn prepare_staging(target: &Path) -> io::Result<Staging> {
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)?;
-    let name = target
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the target has no name"))?
-        .to_string_lossy()
-        .into_owned();
-    let in_place = match std::fs::metadata(target) {
-        Ok(m) if m.is_dir() => m.dev() != std::fs::metadata(&parent)?.dev(),
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the target exists and is not a directory",
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e),
-    };
-    let dir = if in_place {
-        target.join(INPLACE_STAGING)
-    } else {
-        parent.join(format!(".{name}.sparkvisor-restore"))
-    };
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::create_dir_all(&dir)?;
-    Ok(Staging { dir, in_place })
-}
-
-impl Staging {
-    /// Moves the verified copy into `target`; returns where a replaced
-    /// non-empty local checkpoint went.
-    fn commit(self, target: &Path) -> io::Result<Option<PathBuf>> {
-        if self.in_place {
-            return self.commit_in_place(target);
-        }
-        let mut aside = None;
-        match std::fs::read_dir(target) {
-            Ok(mut it) => {
-                if it.next().is_none() {
-                    std::fs::remove_dir(target)?;
-                } else {
-                    let mut name = target.file_name().unwrap_or_default().to_os_string();
-                    name.push(".pre-restore");
-                    let to = target.with_file_name(name);
-                    remove_if_exists(&to)?;
-                    std::fs::rename(target, &to)?;
-                    aside = Some(to);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::rename(&self.dir, target)?;
-        Ok(aside)
-    }
-
-    fn commit_in_place(self, target: &Path) -> io::Result<Option<PathBuf>> {
-        let marker = target.join(INCOMPLETE_MARKER);
-        std::fs::write(&marker, b"a restore is moving files into this directory\n")?;
-        let aside = target.join(INPLACE_ASIDE);
-        remove_if_exists(&aside)?;
-        let mut moved_any = false;
-        for entry in std::fs::read_dir(target)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(OWN_PREFIX) {
-                continue;
-            }
-            if !moved_any {
-                std::fs::create_dir(&aside)?;
-                moved_any = true;
-            }
-            std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
-        }
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            std::fs::rename(entry.path(), target.join(entry.file_name()))?;
-        }
-        std::fs::remove_dir(&self.dir)?;
-        std::fs::remove_file(&marker)?;
-        Ok(moved_any.then_some(aside))
-    }
-}
-
-fn remove_if_exists(p: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-enum DownloadError {
-    /// The replica does not hold what the manifest promises.
+/// How restoring one manifest went wrong.
+enum Attempt {
+    /// The manifest cannot be restored: try the previous one.
     Broken(String),
-    Store(StoreError),
-    Io(PathBuf, io::Error),
+    Failed(RestoreError),
 }
 
-enum Job {
-    Whole(FileEntry),
-    Part {
-        file: FileEntry,
-        /// Which large file (for completion tracking).
-        index: usize,
-        start: u64,
-        len: u64,
-    },
-}
-
-/// A file downloaded by ranges is checked as a whole.
-async fn verify_large(path: &Path, f: &FileEntry, key: &str) -> Result<(), DownloadError> {
-    let (sha, n) = sha256_file(path)
-        .await
-        .map_err(|e| DownloadError::Io(path.to_path_buf(), e))?;
-    if n != f.size || sha != f.sha256 {
-        return Err(DownloadError::Broken(format!(
-            "{}: checksum mismatch (object {key} has sha256 {sha})",
-            f.path
-        )));
-    }
-    set_mtime(path, f.mtime_unix_ms).map_err(|e| DownloadError::Io(path.to_path_buf(), e))
-}
-
-/// Downloads and verifies every file of `m` into `dir`.
-async fn download(
+/// Stages `m` (reusing what is staged), then moves it into `dir`.
+/// Returns where the replaced local copy went and the bytes reused.
+async fn restore_one(
     store: &Store,
     prefix: &str,
     m: &Manifest,
     dir: &Path,
-    throttle: &Throttle,
-) -> Result<(), DownloadError> {
-    // One download per distinct content; the other paths are copies.
-    let mut by_content: BTreeMap<&str, Vec<&FileEntry>> = BTreeMap::new();
-    for f in &m.files {
-        by_content.entry(f.sha256.as_str()).or_default().push(f);
-    }
-    let dirs: std::collections::BTreeSet<PathBuf> = m
-        .files
-        .iter()
-        .filter_map(|f| dir.join(&f.path).parent().map(Path::to_path_buf))
-        .collect();
-    for d in &dirs {
-        std::fs::create_dir_all(d).map_err(|e| DownloadError::Io(d.clone(), e))?;
-    }
-    let mut jobs = Vec::new();
-    // Per large file: its entry and how many of its parts are still running.
-    let mut large: Vec<(FileEntry, usize)> = Vec::new();
-    for files in by_content.values() {
-        let f = files[0].clone();
-        if f.size <= MULTIPART_THRESHOLD {
-            jobs.push(Job::Whole(f));
-        } else {
-            let path = dir.join(&f.path);
-            std::fs::File::create(&path)
-                .and_then(|h| h.set_len(f.size))
-                .map_err(|e| DownloadError::Io(path.clone(), e))?;
-            let mut start = 0;
-            let mut parts = 0;
-            while start < f.size {
-                let len = PART_SIZE.min(f.size - start);
-                jobs.push(Job::Part {
-                    file: f.clone(),
-                    index: large.len(),
-                    start,
-                    len,
-                });
-                start += len;
-                parts += 1;
-            }
-            large.push((f, parts));
-        }
-    }
-    // Each job reports the large file whose part it wrote; when a file's
-    // last part is in, its verification joins the running downloads.
-    let mut set: JoinSet<Result<Option<usize>, DownloadError>> = JoinSet::new();
-    for job in jobs {
-        let store = store.clone();
-        let throttle = throttle.clone();
-        let prefix = prefix.to_string();
-        let dir = dir.to_path_buf();
-        set.spawn(async move { run_job(&store, &throttle, &prefix, &dir, job).await });
-    }
-    let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
-        let r = joined.unwrap_or_else(|e| {
-            Err(DownloadError::Io(
-                dir.to_path_buf(),
-                io::Error::other(format!("download task: {e}")),
-            ))
-        });
-        match r {
-            Ok(Some(index)) => {
-                large[index].1 -= 1;
-                if large[index].1 == 0 {
-                    let f = large[index].0.clone();
-                    let path = dir.join(&f.path);
-                    let key = manifest::object_key(prefix, &f.sha256);
-                    set.spawn(async move {
-                        verify_large(&path, &f, &key).await?;
-                        Ok(None)
-                    });
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                }
-                set.abort_all();
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    // Copies of identical contents.
-    let dir = dir.to_path_buf();
-    let copies: Vec<(FileEntry, FileEntry)> = by_content
-        .values()
-        .flat_map(|files| files[1..].iter().map(|f| (files[0].clone(), (*f).clone())))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        for (from, to) in copies {
-            let dst = dir.join(&to.path);
-            std::fs::copy(dir.join(&from.path), &dst)
-                .and_then(|_| set_mtime(&dst, to.mtime_unix_ms))
-                .map_err(|e| DownloadError::Io(dst.clone(), e))?;
-        }
-        Ok(())
+    opts: &RestoreOptions,
+) -> Result<(Option<PathBuf>, u64), Attempt> {
+    let beat = &opts.beat;
+    beat.doing("checking staged files");
+    beat.expect(m.total_bytes(), m.files.len() as u64);
+    let (d, man, b) = (dir.to_path_buf(), m.clone(), beat.clone());
+    let (staging, kept) = blocking("preparing a staging directory for", dir, move || {
+        let s = Staging::open(&d)?;
+        let r = s.reconcile(&man, &b)?;
+        Ok((s, r))
     })
     .await
-    .map_err(|e| DownloadError::Io(PathBuf::new(), io::Error::other(e)))?
-}
-
-async fn run_job(
-    store: &Store,
-    throttle: &Throttle,
-    prefix: &str,
-    dir: &Path,
-    job: Job,
-) -> Result<Option<usize>, DownloadError> {
-    let missing = |f: &FileEntry, e: StoreError| match e {
-        StoreError::NotFound { key, .. } => {
-            DownloadError::Broken(format!("{}: object {key} is missing", f.path))
-        }
-        e => DownloadError::Store(e),
-    };
-    match job {
-        Job::Whole(f) => {
-            let key = manifest::object_key(prefix, &f.sha256);
-            // Held until the bytes are on disk: the memory budget covers them.
-            let _permit = throttle.acquire(f.size).await;
-            let bytes = store.get(&key).await.map_err(|e| missing(&f, e))?;
-            if bytes.len() as u64 != f.size {
-                return Err(DownloadError::Broken(format!(
-                    "{}: object {key} has {} bytes, the manifest says {}",
-                    f.path,
-                    bytes.len(),
-                    f.size
-                )));
-            }
-            let sha = sha256_bytes(&bytes);
-            if sha != f.sha256 {
-                return Err(DownloadError::Broken(format!(
-                    "{}: checksum mismatch (object {key} has sha256 {sha})",
-                    f.path
-                )));
-            }
-            let path = dir.join(&f.path);
-            tokio::task::spawn_blocking(move || {
-                use std::io::Write;
-                let mut h = std::fs::File::create(&path)?;
-                h.write_all(&bytes)?;
-                h.set_modified(UNIX_EPOCH + Duration::from_millis(f.mtime_unix_ms.max(0) as u64))
-            })
-            .await
-            .map_err(|e| DownloadError::Io(dir.to_path_buf(), io::Error::other(e)))?
-            .map_err(|e| DownloadError::Io(dir.join(&f.path), e))?;
-            Ok(None)
-        }
-        Job::Part {
-            file,
-            index,
-            start,
-            len,
-        } => {
-            let key = manifest::object_key(prefix, &file.sha256);
-            let _permit = throttle.acquire(len).await;
-            let bytes = store
-                .get_range(&key, start, len)
-                .await
-                .map_err(|e| missing(&file, e))?;
-            if bytes.len() as u64 != len {
-                return Err(DownloadError::Broken(format!(
-                    "{}: object {key} is shorter than the manifest says",
-                    file.path
-                )));
-            }
-            let path = dir.join(&file.path);
-            tokio::task::spawn_blocking(move || {
-                let h = std::fs::OpenOptions::new().write(true).open(&path)?;
-                h.write_all_at(&bytes, start)
-            })
-            .await
-            .map_err(|e| DownloadError::Io(dir.to_path_buf(), io::Error::other(e)))?
-            .map_err(|e| DownloadError::Io(dir.join(&file.path), e))?;
-            Ok(Some(index))
-        }
+    .map_err(Attempt::Failed)?;
+    let reused = kept.verified_bytes + kept.partial_bytes;
+    if reused > 0 {
+        tracing::info!(
+            staged_files = kept.verified.len(),
+            staged_bytes = kept.verified_bytes,
+            partial_bytes = kept.partial_bytes,
+            "resuming a restore: keeping what earlier tries staged"
+        );
     }
-}
-
-fn set_mtime(path: &Path, unix_ms: i64) -> io::Result<()> {
-    let h = std::fs::OpenOptions::new().write(true).open(path)?;
-    h.set_modified(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64))
+    beat.doing("downloading");
+    fetch::fetch(
+        store,
+        prefix,
+        m,
+        &staging,
+        &kept.verified,
+        (opts.patience, opts.concurrency),
+        beat,
+    )
+    .await
+    .map_err(|e| match e {
+        FetchError::Broken(reason) => Attempt::Broken(reason),
+        FetchError::Failed(e) => Attempt::Failed(RestoreError::Download(e)),
+        FetchError::Io(path, source) => Attempt::Failed(RestoreError::Local {
+            context: "writing",
+            path,
+            source,
+        }),
+    })?;
+    beat.doing("moving into place");
+    let keep = opts.keep_moved_aside;
+    let (st, man) = (staging, m.clone());
+    let moved_aside = blocking("moving the restored checkpoint into", dir, move || {
+        fetch::complete(&st, &man).map_err(io::Error::other)?;
+        st.commit(keep, SystemTime::now())
+    })
+    .await
+    .map_err(Attempt::Failed)?;
+    Ok((moved_aside, reused))
 }
 
 #[cfg(test)]
@@ -846,55 +620,5 @@ mod tests {
             &[q("a", Some(5)), q("b", Some(7)), q("c", Some(0))],
             &remote
         )));
-    }
-
-    #[test]
-    fn staging_beside_the_target_and_commit_moves_old_copy_aside() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("ckpt");
-        std::fs::create_dir_all(target.join("q")).unwrap();
-        std::fs::write(target.join("q/old"), b"old").unwrap();
-        let st = prepare_staging(&target).unwrap();
-        assert!(!st.in_place);
-        assert_eq!(st.dir, tmp.path().join(".ckpt.sparkvisor-restore"));
-        std::fs::write(st.dir.join("new"), b"new").unwrap();
-        let aside = st.commit(&target).unwrap();
-        assert_eq!(aside, Some(tmp.path().join("ckpt.pre-restore")));
-        assert_eq!(std::fs::read(target.join("new")).unwrap(), b"new");
-        assert_eq!(
-            std::fs::read(tmp.path().join("ckpt.pre-restore/q/old")).unwrap(),
-            b"old"
-        );
-        assert!(!tmp.path().join(".ckpt.sparkvisor-restore").exists());
-
-        // An empty target is simply replaced.
-        let t2 = tmp.path().join("empty");
-        std::fs::create_dir(&t2).unwrap();
-        let st = prepare_staging(&t2).unwrap();
-        std::fs::write(st.dir.join("x"), b"x").unwrap();
-        assert_eq!(st.commit(&t2).unwrap(), None);
-        assert!(t2.join("x").is_file());
-    }
-
-    #[test]
-    fn in_place_commit_keeps_the_old_copy_and_clears_the_marker() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("mnt");
-        std::fs::create_dir_all(target.join("q")).unwrap();
-        std::fs::write(target.join("q/old"), b"old").unwrap();
-        let dir = target.join(INPLACE_STAGING);
-        std::fs::create_dir_all(dir.join("q")).unwrap();
-        std::fs::write(dir.join("q/new"), b"new").unwrap();
-        let st = Staging {
-            dir,
-            in_place: true,
-        };
-        let aside = st.commit(&target).unwrap();
-        assert_eq!(aside, Some(target.join(INPLACE_ASIDE)));
-        assert!(target.join("q/new").is_file());
-        assert!(!target.join("q/old").exists());
-        assert!(target.join(INPLACE_ASIDE).join("q/old").is_file());
-        assert!(!target.join(INCOMPLETE_MARKER).exists());
-        assert!(!target.join(INPLACE_STAGING).exists());
     }
 }

@@ -40,10 +40,8 @@ use std::io;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+pub use super::manifest::OWN_PREFIX;
 use super::manifest::QueryEntry;
-
-/// sparkvisor's own entries in a checkpoint root start with this.
-pub const OWN_PREFIX: &str = ".sparkvisor";
 
 /// A regular file under the checkpoint root.
 #[derive(Clone, Debug, PartialEq, Eq)]

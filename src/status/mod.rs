@@ -5,6 +5,11 @@
 //! `/metrics` is rendered at most once per [`METRICS_MAX_AGE`] while the
 //! status is unchanged (a render costs ~80 µs; at 1,000 requests/s on
 //! cores Spark keeps busy, that CPU is what made the answers late).
+//! Liveness follows progress: the supervisor loop beats on every turn, and
+//! while it waits on a long step (restore, artifact download, repair,
+//! cleanup, executor deletion) that step's progress beat counts too
+//! (`crate::beat`); `/health` turns 503 only when neither moved for the
+//! wedge window (`probes.wedge_window`).
 //!
 //! Invariants: this is a view for people and probes, not a message bus —
 //! tasks tell each other things through typed channels (`crate::attempt`)
@@ -15,17 +20,18 @@
 
 pub mod metrics;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::beat::{Beat, Step, StepKind, StepView};
 use crate::exit::{ExitClass, Termination};
 use metrics::Metrics;
 
-/// A supervisor loop that has not beaten for this long is wedged.
+/// A supervisor loop that has not beaten for this long is wedged (the
+/// default of `probes.wedge_window`).
 pub const WEDGED_AFTER: Duration = Duration::from_secs(30);
 
 /// Longest time one rendering of `/metrics` is served again (only while
@@ -95,6 +101,8 @@ pub struct Status {
     pub checkpoint: serde_json::Value,
     pub s3: serde_json::Value,
     pub jvm: serde_json::Value,
+    /// The long step the supervisor waits on, if any (filled by `snapshot`).
+    pub step: Option<StepView>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -124,6 +132,7 @@ impl Status {
             checkpoint: serde_json::Value::Null,
             s3: serde_json::Value::Null,
             jvm: serde_json::Value::Null,
+            step: None,
         }
     }
 }
@@ -141,6 +150,35 @@ pub struct Shared {
     generation: AtomicU64,
     /// The last rendering of the metrics: (generation, when, text).
     rendered: Mutex<Option<(u64, Instant, Arc<str>)>>,
+    /// `probes.wedge_window` in milliseconds.
+    wedge_ms: AtomicU64,
+    /// The long step in progress.
+    step: Mutex<Option<Arc<Step>>>,
+}
+
+/// The current step while it lives; ends the step when dropped.
+pub struct StepGuard<'a> {
+    shared: &'a Shared,
+    step: Arc<Step>,
+}
+
+impl StepGuard<'_> {
+    /// The handle the step's code beats through.
+    pub fn beat(&self) -> Beat {
+        self.step.beat()
+    }
+}
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        let mut cur = self.shared.step.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|s| Arc::ptr_eq(s, &self.step)) {
+            *cur = None;
+        }
+        drop(cur);
+        // The loop resumes: its heartbeat starts from here.
+        self.shared.beat();
+    }
 }
 
 impl Shared {
@@ -154,7 +192,31 @@ impl Shared {
             failure: Mutex::new(None),
             generation: AtomicU64::new(0),
             rendered: Mutex::new(None),
+            wedge_ms: AtomicU64::new(WEDGED_AFTER.as_millis() as u64),
+            step: Mutex::new(None),
         }
+    }
+
+    /// Sets the wedge window (`probes.wedge_window`).
+    pub fn set_wedge_window(&self, d: Duration) {
+        self.wedge_ms
+            .store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    pub fn wedge_window(&self) -> Duration {
+        Duration::from_millis(self.wedge_ms.load(Ordering::Relaxed))
+    }
+
+    /// Starts a long step: until the guard is dropped, liveness also counts
+    /// the step's progress and `/status` shows it as `step`.
+    pub fn begin(&self, kind: StepKind) -> StepGuard<'_> {
+        let step = Step::new(kind);
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(step.clone());
+        StepGuard { shared: self, step }
+    }
+
+    fn current_step(&self) -> Option<Arc<Step>> {
+        self.step.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
@@ -183,10 +245,13 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Status {
-        self.status
+        let mut s = self
+            .status
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        s.step = self.current_step().map(|st| st.view());
+        s
     }
 
     pub fn phase(&self) -> Phase {
@@ -236,8 +301,9 @@ impl Shared {
     }
 
     /// Liveness: Ok while the supervisor works (app running, starting,
-    /// restoring, in backoff within budget, stopping) and none of its
-    /// essential tasks has died.
+    /// restoring, in backoff within budget, stopping) — its loop beat, or
+    /// the step it waits on made progress, within the wedge window — and
+    /// none of its essential tasks has died.
     pub fn liveness(&self) -> Result<(), String> {
         if let Some(why) = self.failure() {
             return Err(why);
@@ -247,14 +313,24 @@ impl Shared {
             Phase::Exited => return Err("the app has ended and will not be restarted".into()),
             _ => {}
         }
+        let window = self.wedge_window();
         let age = self.heartbeat_age();
-        if age > WEDGED_AFTER {
-            return Err(format!(
+        if age <= window {
+            return Ok(());
+        }
+        match self.current_step() {
+            Some(step) if step.idle() <= window => Ok(()),
+            Some(step) => Err(format!(
+                "{} made no progress for {}s ({})",
+                step.kind().as_str(),
+                step.idle().as_secs(),
+                step.doing()
+            )),
+            None => Err(format!(
                 "supervisor loop has not run for {}s",
                 age.as_secs()
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// Readiness: Ok only when the app runs and Spark's REST API answers.
@@ -350,6 +426,27 @@ mod tests {
             s.liveness().unwrap_err(),
             "essential task reaper died: panicked"
         );
+    }
+
+    #[test]
+    fn liveness_follows_a_steps_progress() {
+        let s = Shared::new();
+        s.set_wedge_window(Duration::from_millis(1));
+        s.beat();
+        let step = s.begin(StepKind::Restore);
+        let beat = step.beat();
+        std::thread::sleep(Duration::from_millis(5));
+        // Neither the loop nor the step moved within the window.
+        let err = s.liveness().unwrap_err();
+        assert!(err.contains("restore made no progress"), "{err}");
+        assert_eq!(s.snapshot().step.unwrap().kind, StepKind::Restore);
+        s.set_wedge_window(Duration::from_secs(3600));
+        beat.bytes(1);
+        assert!(s.liveness().is_ok());
+        drop(step);
+        assert!(s.snapshot().step.is_none());
+        // The loop's own heartbeat starts again when the step ends.
+        assert!(s.liveness().is_ok());
     }
 
     #[test]

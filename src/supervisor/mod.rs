@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::attempt::{Attempt, Current, SparkApi};
+use crate::beat::{Beat, StepKind};
 use crate::config::{Loaded, Master, Resolved, RestartPolicy};
 use crate::exit::{self, ExitClass, Termination};
 use crate::kube;
@@ -233,7 +234,9 @@ impl Supervisor {
             || cfg.spark.py_files.iter().any(|p| remote(p))
         {
             match self
-                .retrying("download of the app from S3", || replica::artifacts(&cfg))
+                .retrying("download of the app from S3", || {
+                    replica::artifacts(&shared, &cfg)
+                })
                 .await
             {
                 Some(a) => self.artifacts = a,
@@ -608,12 +611,17 @@ impl Supervisor {
 
     /// Kills whatever is left of the attempt and waits until it is gone.
     /// False when processes refuse to die (sparkvisor must not start a
-    /// second driver beside them).
+    /// second driver beside them). A `cleanup` step: each process gone is
+    /// progress for liveness.
     async fn clean_up_attempt(&mut self, attempt: u32, group: Option<Pid>) -> bool {
+        let shared = self.ctx.shared.clone();
+        let step = shared.begin(StepKind::Cleanup);
+        let beat = step.beat();
         for round in 0..2 {
+            beat.doing("waiting for the attempt's processes to exit");
             child::kill_tree(group);
-            if self.reaper.wait_no_children(LEFTOVER_TIMEOUT).await {
-                self.ctx.shared.update(|s| s.pid = None);
+            if self.wait_gone(LEFTOVER_TIMEOUT, &beat).await {
+                shared.update(|s| s.pid = None);
                 return true;
             }
             warn!(
@@ -626,8 +634,31 @@ impl Supervisor {
             remaining = ?child::descendants(std::process::id() as i32),
             "processes of the previous attempt would not die; exiting rather than start a second driver beside them"
         );
-        self.ctx.shared.update(|s| s.state = Phase::Exhausted);
+        shared.update(|s| s.state = Phase::Exhausted);
         false
+    }
+
+    /// Waits up to `timeout` for every child to be gone, beating `beat` for
+    /// each one that went.
+    async fn wait_gone(&self, timeout: Duration, beat: &Beat) -> bool {
+        let me = std::process::id() as i32;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut left = child::descendants(me).len();
+        loop {
+            let slice = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(1));
+            if self.reaper.wait_no_children(slice).await {
+                beat.items(left as u64);
+                return true;
+            }
+            let now = child::descendants(me).len();
+            beat.items(left.saturating_sub(now) as u64);
+            left = now;
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
     }
 
     fn record_exit(&mut self, attempt: u32, ended: &Ended) -> ExitClass {
@@ -689,6 +720,7 @@ impl Supervisor {
     /// are logged; those executors stop on their own when they lose the
     /// driver, and are deleted with the pod (owner references).
     async fn delete_old_executors(&self, attempt: u32) {
+        let _step = self.ctx.shared.begin(StepKind::DeleteExecutors);
         let app_id = self
             .ctx
             .spark

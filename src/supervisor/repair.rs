@@ -3,13 +3,15 @@
 //! reported when repair is off.
 //!
 //! Invariant: runs only while no Spark process exists (the loop calls it
-//! between attempts), off the async threads.
+//! between attempts), off the async threads, as a `repair` step whose
+//! scan beats liveness.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use tracing::{error, info, warn};
 
+use crate::beat::StepKind;
 use crate::checkpoint;
 use crate::config::CheckpointConfig;
 use crate::status::Shared;
@@ -20,9 +22,13 @@ pub async fn prepare(shared: &Shared, cfg: &CheckpointConfig) -> u64 {
     let Some(root) = cfg.dir.clone() else {
         return 0;
     };
+    // A scan of a large checkpoint takes a while: liveness follows it.
+    let step = shared.begin(StepKind::Repair);
+    let beat = step.beat();
     if !cfg.repair {
         let dir = root.clone();
-        match tokio::task::spawn_blocking(move || checkpoint::plan_root(&dir)).await {
+        match tokio::task::spawn_blocking(move || checkpoint::plan_root_beating(&dir, &beat)).await
+        {
             Ok(Ok(plan)) if !plan.is_empty() => {
                 for action in &plan.actions {
                     warn!(
@@ -39,7 +45,7 @@ pub async fn prepare(shared: &Shared, cfg: &CheckpointConfig) -> u64 {
     let quarantine: Option<PathBuf> = cfg.quarantine_dir.clone();
     let dir = root.clone();
     let result = tokio::task::spawn_blocking(move || {
-        checkpoint::repair(&dir, quarantine.as_deref(), SystemTime::now())
+        checkpoint::repair_beating(&dir, quarantine.as_deref(), SystemTime::now(), &beat)
     })
     .await;
     match result {

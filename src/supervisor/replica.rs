@@ -16,11 +16,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::artifacts::{LocalArtifacts, fetch_remote_artifacts};
+use crate::artifacts::{Fetching, LocalArtifacts, fetch_remote_artifacts};
+use crate::beat::StepKind;
 use crate::config::Config;
 use crate::replica::replicate::{Replicator, SyncStats};
 use crate::replica::restore::{RestoreOutcome, restore_if_needed};
 use crate::s3::S3Settings;
+use crate::s3::download::Patience;
 use crate::status::Shared;
 use crate::tasks::{Essential, Tasks};
 
@@ -33,9 +35,11 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// Restores the checkpoint when needed. Ok(()) once decided; a failure is
-/// reported and the caller retries.
+/// reported and the caller retries. A step for liveness while it runs.
 pub async fn restore(shared: &Shared, cfg: &Config) -> Result<(), String> {
-    match restore_if_needed(&cfg.checkpoint).await {
+    let step = shared.begin(StepKind::Restore);
+    let outcome = restore_if_needed(&cfg.checkpoint, &step.beat()).await;
+    match outcome {
         Ok(RestoreOutcome::Disabled) => Ok(()),
         Ok(RestoreOutcome::NoManifest) => {
             info!(
@@ -74,6 +78,7 @@ pub async fn restore(shared: &Shared, cfg: &Config) -> Result<(), String> {
                     "manifest": r.manifest,
                     "files": r.files,
                     "bytes": r.bytes,
+                    "reused_bytes": r.reused_bytes,
                     "seconds": r.seconds,
                     "skipped_manifests": r.skipped.len(),
                 }),
@@ -101,11 +106,16 @@ fn record(shared: &Shared, restore: serde_json::Value) {
 }
 
 /// Downloads `spark.app` / `spark.py_files` given as `s3://…` into
-/// `runtime_dir/artifacts`.
-pub async fn artifacts(cfg: &Config) -> Result<LocalArtifacts, String> {
-    let dest = cfg.supervisor.runtime_dir.join("artifacts");
+/// `spark.artifacts_dir` (disk, never the memory-backed runtime dir).
+pub async fn artifacts(shared: &Shared, cfg: &Config) -> Result<LocalArtifacts, String> {
+    let dest = cfg.artifacts_dir();
     let settings = S3Settings::from_config(&cfg.checkpoint.s3);
-    fetch_remote_artifacts(&cfg.spark, &settings, Path::new(&dest))
+    let step = shared.begin(StepKind::Artifacts);
+    let how = Fetching {
+        patience: Patience::new(cfg.checkpoint.s3.read_stall_timeout.get()),
+        beat: step.beat(),
+    };
+    fetch_remote_artifacts(&cfg.spark, &settings, Path::new(&dest), &how)
         .await
         .map_err(|e| e.to_string())
 }

@@ -3,6 +3,8 @@
 //! sparkvisor as a real process.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod restore;
 pub mod s3;
 pub mod spark;
 
@@ -370,6 +372,20 @@ impl Running {
             Command::new(bin())
         };
         Self::start_cmd(cmd, pid_namespace, config, port, env)
+    }
+
+    /// Starts `WRAPPER… sparkvisor run --config CONFIG`: the wrapper must
+    /// exec its arguments (e.g. `unshare --mount sh -c '…; exec "$@"' sh`),
+    /// so the pid is sparkvisor's own.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Running {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(bin());
+        Self::start_cmd(cmd, false, config, port, env)
     }
 
     /// Starts sparkvisor inside the network namespace `netns` (`ip netns exec`

@@ -150,6 +150,9 @@ The configuration sparkvisor gets: `config` plus what the chart derives
 {{- if and $cfg.checkpoint.dir (not $cfg.checkpoint.quarantine_dir) -}}
 {{- $_ := set $cfg.checkpoint "quarantine_dir" (printf "%s.quarantine" (trimSuffix "/" (toString $cfg.checkpoint.dir))) -}}
 {{- end -}}
+{{- if not $cfg.spark.artifacts_dir -}}
+{{- $_ := set $cfg.spark "artifacts_dir" (include "sparkvisor.defaultArtifactsDir" $cfg) -}}
+{{- end -}}
 {{- if not $cfg.spark.properties_file -}}
 {{- $_ := set $cfg.spark "properties_file" (include "sparkvisor.sparkDefaultsPath" .) -}}
 {{- else if .Values.sparkDefaults -}}
@@ -164,6 +167,20 @@ The configuration sparkvisor gets: `config` plus what the chart derives
 {{- end -}}
 {{- end -}}
 {{- toYaml $cfg -}}
+{{- end }}
+
+{{/*
+sparkvisor's own default for spark.artifacts_dir (called with the config):
+"artifacts" beside checkpoint.dir, else /var/tmp/sparkvisor/artifacts.
+*/}}
+{{- define "sparkvisor.defaultArtifactsDir" -}}
+{{- $dir := trimSuffix "/" (toString (default "" .checkpoint.dir)) -}}
+{{- $parent := regexReplaceAll "/[^/]*$" $dir "" -}}
+{{- if and $dir $parent -}}
+{{- printf "%s/artifacts" $parent -}}
+{{- else -}}
+/var/tmp/sparkvisor/artifacts
+{{- end -}}
 {{- end }}
 
 {{/* A TOML key: bare when possible, else a quoted string. */}}

@@ -228,6 +228,14 @@ fn bad_input_exits_2_naming_key_value_and_source() {
         &[],
         &["spark.mode", "cluster", "local", "client"],
     );
+    // The drain is part of the grace period.
+    let cfg = s.config("[supervisor]\nstop_grace = \"30s\"\ndrain_timeout = \"30s\"\n");
+    rejects(
+        &s,
+        &["--config", &cfg],
+        &[],
+        &["supervisor.drain_timeout", "30s", "stop_grace", &cfg],
+    );
 }
 
 #[test]

@@ -391,6 +391,19 @@ fn check_supervisor(loaded: &Loaded) -> Result<nix::sys::signal::Signal, ConfigE
             ),
         ));
     }
+    if let Some(d) = sup.drain_timeout
+        && d >= sup.stop_grace
+    {
+        return Err(ConfigError::at(
+            "supervisor.drain_timeout",
+            src(&["supervisor", "drain_timeout"]),
+            Some(format!("\"{d}\"")),
+            format!(
+                "must be shorter than supervisor.stop_grace ({}): the drain is part of the grace period, and the app needs time to stop after it",
+                sup.stop_grace
+            ),
+        ));
+    }
     if sup.stop_grace.is_zero() {
         return Err(ConfigError::at(
             "supervisor.stop_grace",

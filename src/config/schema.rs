@@ -237,12 +237,25 @@ pub struct SupervisorConfig {
     pub max_restarts: u32,
     pub restart_window: HumanDuration,
     pub stop_grace: HumanDuration,
+    /// On a stop request, wait this long at most for the batches in flight
+    /// to commit before signalling the app (inside `stop_grace`); unset =
+    /// half of `stop_grace`, "0s" = no drain.
+    pub drain_timeout: Option<HumanDuration>,
     pub stop_signal: String,
     /// Where generated files (the properties file) are written.
     pub runtime_dir: PathBuf,
     /// Before a failure exit, keep serving /health (503), /metrics and
     /// /status this long so the final state can be observed.
     pub exit_linger: HumanDuration,
+}
+
+impl SupervisorConfig {
+    /// The drain bound: `drain_timeout`, else half of `stop_grace`.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.drain_timeout
+            .map(|d| d.get())
+            .unwrap_or(self.stop_grace.get() / 2)
+    }
 }
 
 impl Default for SupervisorConfig {
@@ -255,6 +268,7 @@ impl Default for SupervisorConfig {
             max_restarts: 10,
             restart_window: HumanDuration::secs(30 * 60),
             stop_grace: HumanDuration::secs(30),
+            drain_timeout: None,
             stop_signal: "SIGTERM".into(),
             runtime_dir: PathBuf::from("/tmp/sparkvisor"),
             exit_linger: HumanDuration::secs(5),

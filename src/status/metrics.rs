@@ -33,6 +33,8 @@ pub struct Metrics {
     pub s3_last_sync_timestamp_seconds: Gauge,
     pub s3_restore_seconds: Gauge,
     pub jvm_cds_archive_used: IntGauge,
+    pub drain_seconds: Gauge,
+    pub drain_timeouts_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -87,6 +89,8 @@ impl Metrics {
             s3_last_sync_timestamp_seconds: reg(&r, Gauge::with_opts(opts("s3_last_sync_timestamp_seconds", "Unix time of the last successful S3 sync (0 before the first)")).unwrap()),
             s3_restore_seconds: reg(&r, Gauge::with_opts(opts("s3_restore_seconds", "Duration of the restore from S3 at start (0 when none ran)")).unwrap()),
             jvm_cds_archive_used: reg(&r, IntGauge::with_opts(opts("jvm_cds_archive_used", "1 when the current attempt's JVM uses a class-data-sharing archive")).unwrap()),
+            drain_seconds: reg(&r, Gauge::with_opts(opts("drain_seconds", "Duration of the last drain: from the stop request until the batches then in flight committed (or the timeout)")).unwrap()),
+            drain_timeouts_total: reg(&r, IntCounter::with_opts(opts("drain_timeouts_total", "Drains that reached supervisor.drain_timeout with batches uncommitted")).unwrap()),
             registry: r,
         };
         // Every class is exported from the start, so rates work without gaps.
@@ -149,6 +153,8 @@ mod tests {
             "s3_sync_errors_total",
             "s3_last_sync_timestamp_seconds",
             "s3_restore_seconds",
+            "drain_seconds",
+            "drain_timeouts_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP sparkvisor_{name} ")),

@@ -49,6 +49,8 @@ pub enum Phase {
     Running,
     /// Waiting to restart the app.
     Backoff,
+    /// A graceful stop waits for the batches in flight to commit.
+    Draining,
     /// A graceful stop is in progress.
     Stopping,
     /// The app ended and will not be restarted; sparkvisor is exiting.
@@ -359,6 +361,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Restoring => "restoring",
         Phase::Running => "running",
         Phase::Backoff => "backoff",
+        Phase::Draining => "draining",
         Phase::Stopping => "stopping",
         Phase::Exited => "exited",
         Phase::Exhausted => "exhausted",

@@ -510,11 +510,13 @@ fn computed_properties(
             "checkpoint.dir (queries resume from it after a restart)",
         );
     }
-    let stop_ms = (cfg.supervisor.stop_grace.get().as_millis() * 2 / 3).max(1000);
+    let sup = &cfg.supervisor;
+    let after_drain = sup.stop_grace.get().saturating_sub(sup.drain_timeout());
+    let stop_ms = (after_drain.as_millis() * 2 / 3).max(1000);
     put(
         "spark.sql.streaming.stopTimeout",
         stop_ms.to_string(),
-        "two thirds of supervisor.stop_grace, so queries stop before the hard kill",
+        "two thirds of what supervisor.stop_grace leaves after the drain, so queries stop before the hard kill",
     );
     if let Ok((_, port)) = crate::config::parse_http_url(&cfg.probes.spark_ui) {
         put(

@@ -120,7 +120,7 @@ fn local_mode_plan() {
     );
     assert_eq!(props["spark.ui.port"], "4040");
     assert_eq!(props["spark.metrics.namespace"], "orders");
-    assert_eq!(props["spark.sql.streaming.stopTimeout"], "20000");
+    assert_eq!(props["spark.sql.streaming.stopTimeout"], "10000");
     assert_eq!(p.env["SPARKVISOR_CHECKPOINT_DIR"], "/ckpt");
     assert!(p.python);
 }

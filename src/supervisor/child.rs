@@ -62,6 +62,15 @@ pub fn signal(pid: Pid, sig: Signal) -> nix::Result<()> {
     }
 }
 
+/// Sends `sig` to the attempt's whole process group (`pid` leads it): the
+/// driver JVM and what it started (the PySpark driver, Python workers).
+pub fn signal_group(pid: Pid, sig: Signal) -> nix::Result<()> {
+    match killpg(pid, sig) {
+        Err(Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
 /// SIGKILLs everything left of an attempt: its process group and every
 /// descendant of this process. As PID 1 of a PID namespace, `kill(-1)`
 /// reaches every other process in it.

@@ -18,6 +18,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod drain;
 pub mod reaper;
 pub mod repair;
 pub mod replica;
@@ -81,6 +82,9 @@ const STALL_DUMP_WAIT: Duration = Duration::from_secs(3);
 /// Longest a graceful stop waits for a CDS dump in progress before it
 /// signals the app (also at most half of `supervisor.stop_grace`).
 const QUIESCE_MAX: Duration = Duration::from_secs(60);
+
+/// Resolves when a graceful stop may signal the app, with the drain's outcome.
+type StopReady = std::pin::Pin<Box<dyn std::future::Future<Output = drain::Outcome> + Send>>;
 
 pub struct Supervisor {
     ctx: RunContext,
@@ -516,8 +520,9 @@ impl Supervisor {
         let mut stop_requested = false;
         let mut stalled = false;
         let mut deadline: Option<tokio::time::Instant> = None;
-        // A graceful stop signals the app once no CDS dump is in progress.
-        let mut stop_when_quiet = None;
+        // A graceful stop signals the app once the batches in flight have
+        // committed (the drain) and no CDS dump is in progress.
+        let mut stop_when_ready: Option<StopReady> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -555,7 +560,7 @@ impl Supervisor {
                         warn!(signal = %sig, "second stop signal: killing the app now");
                         child::kill_tree(Some(pid));
                         deadline = None;
-                        stop_when_quiet = None;
+                        stop_when_ready = None;
                     }
                     Request::Failed(d) => {
                         let task = d.task;
@@ -566,10 +571,9 @@ impl Supervisor {
                                 task,
                                 sent = %self.stop_signal,
                                 grace_ms = grace.as_millis() as u64,
-                                "graceful stop after a failure of sparkvisor: signalling the app"
+                                "graceful stop after a failure of sparkvisor"
                             );
-                            let wait = (grace / 2).min(QUIESCE_MAX);
-                            stop_when_quiet = Some(Box::pin(self.ctx.cds.quiesce(attempt, wait)));
+                            stop_when_ready = Some(self.graceful_stop(attempt, stalled));
                             deadline = Some(tokio::time::Instant::now() + grace);
                         }
                     }
@@ -580,16 +584,21 @@ impl Supervisor {
                             received = %sig,
                             sent = %self.stop_signal,
                             grace_ms = grace.as_millis() as u64,
-                            "graceful stop: signalling the app"
+                            "graceful stop requested"
                         );
-                        let wait = (grace / 2).min(QUIESCE_MAX);
-                        stop_when_quiet = Some(Box::pin(self.ctx.cds.quiesce(attempt, wait)));
+                        stop_when_ready = Some(self.graceful_stop(attempt, stalled));
                         deadline = Some(tokio::time::Instant::now() + grace);
                     }
                 },
-                _ = async { stop_when_quiet.as_mut().expect("guarded").await }, if stop_when_quiet.is_some() => {
-                    stop_when_quiet = None;
-                    if let Err(e) = child::signal(pid, self.stop_signal) {
+                outcome = async { stop_when_ready.as_mut().expect("guarded").await }, if stop_when_ready.is_some() => {
+                    stop_when_ready = None;
+                    self.record_drain(&outcome);
+                    shared.update(|s| s.state = Phase::Stopping);
+                    // The whole group: the PySpark driver stops at once
+                    // instead of starting another batch (its sink writes
+                    // first) while the JVM runs its shutdown hooks.
+                    info!(signal = %self.stop_signal, "signalling the app to stop");
+                    if let Err(e) = child::signal_group(pid, self.stop_signal) {
                         warn!(error = %e, "cannot signal the app");
                     }
                 }
@@ -605,6 +614,78 @@ impl Supervisor {
                     // Statuses arrive even if the reaper's loop has died.
                     self.reaper.reap();
                 }
+            }
+        }
+    }
+
+    /// What a graceful stop waits for before the app gets its stop signal:
+    /// the drain (the batches in flight at this moment commit, bounded by
+    /// `supervisor.drain_timeout`; skipped for a stalled attempt, whose batch
+    /// never commits) and a CDS dump in progress (bounded by half of
+    /// `stop_grace`, at most [`QUIESCE_MAX`]). Every graceful stop goes
+    /// through here, whoever asked for it.
+    fn graceful_stop(&self, attempt: u32, stalled: bool) -> StopReady {
+        let cfg = &self.ctx.loaded.config;
+        let grace = cfg.supervisor.stop_grace.get();
+        let quiet = self.ctx.cds.quiesce(attempt, (grace / 2).min(QUIESCE_MAX));
+        let drain_timeout = cfg.supervisor.drain_timeout();
+        let root = cfg
+            .checkpoint
+            .dir
+            .clone()
+            .filter(|_| !drain_timeout.is_zero() && !stalled);
+        let shared = self.ctx.shared.clone();
+        Box::pin(async move {
+            let drain = async {
+                let Some(root) = root else {
+                    return drain::Outcome::Idle;
+                };
+                let deadline = Instant::now() + drain_timeout;
+                let at_stop = drain::in_flight(&root).await;
+                if !at_stop.is_empty() {
+                    shared.update(|s| s.state = Phase::Draining);
+                    let batches: Vec<String> = at_stop
+                        .iter()
+                        .filter_map(|q| q.inflight_batch.map(|b| format!("{}:{b}", q.name)))
+                        .collect();
+                    info!(
+                        ?batches,
+                        drain_timeout_ms = drain_timeout.as_millis() as u64,
+                        "draining: waiting for the batches in flight to commit before stopping the app"
+                    );
+                }
+                drain::wait(&root, at_stop, deadline).await
+            };
+            let (outcome, _) = tokio::join!(drain, quiet);
+            outcome
+        })
+    }
+
+    /// Logs a drain's outcome and counts it.
+    fn record_drain(&self, outcome: &drain::Outcome) {
+        let m = &self.ctx.shared.metrics;
+        match outcome {
+            drain::Outcome::Idle => {}
+            drain::Outcome::Drained { batches, took } => {
+                m.drain_seconds.set(took.as_secs_f64());
+                info!(
+                    batches = batches.len(),
+                    took_ms = took.as_millis() as u64,
+                    "drained: every batch in flight at the stop request committed"
+                );
+            }
+            drain::Outcome::TimedOut { waiting, took } => {
+                m.drain_seconds.set(took.as_secs_f64());
+                m.drain_timeouts_total.inc();
+                let waiting: Vec<String> = waiting
+                    .iter()
+                    .map(|w| format!("{}:{}", w.query, w.batch))
+                    .collect();
+                warn!(
+                    ?waiting,
+                    took_ms = took.as_millis() as u64,
+                    "drain timed out (supervisor.drain_timeout): stopping the app with these batches uncommitted; they are replayed after the restart"
+                );
             }
         }
     }

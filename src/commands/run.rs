@@ -2,7 +2,8 @@
 //! front (bad configuration exits 2 before anything starts), then wires the
 //! tasks together on a small tokio runtime: the probe server, the Spark API
 //! poller, the checkpoint watcher and the supervisor loop, joined by typed
-//! channels (`crate::attempt`).
+//! channels (`crate::attempt`, and `crate::stop` for stops sparkvisor asks
+//! of itself).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::observe::{progress, spark_api};
 use crate::status::Shared;
 use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
-use crate::{Error, Result, attempt, http, jvm, logging, preflight};
+use crate::{Error, Result, attempt, http, jvm, logging, preflight, stop};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -77,6 +78,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             spark_tx,
         ));
         let (stall_tx, stalls) = mpsc::channel(16);
+        let (stop_tx, stops) = stop::channel();
         tokio::spawn(progress::watch(
             shared.clone(),
             loaded.config.checkpoint.clone(),
@@ -96,6 +98,8 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             current: current_tx,
             spark: spark_rx,
             stalls,
+            stops,
+            stop_tx,
         };
         let sup = Supervisor::new(ctx).map_err(|e| Error::io("installing signal handlers", e))?;
         Ok(sup.run().await)

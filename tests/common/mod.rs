@@ -3,6 +3,8 @@
 //! sparkvisor as a real process.
 #![allow(dead_code)]
 
+pub mod moto;
+pub mod proxy;
 pub mod s3;
 pub mod spark;
 

@@ -177,8 +177,9 @@ pub async fn probe(store: &Store, loc: &Location, writer: &str) -> Result<Probe,
     result
 }
 
-/// One conditional PUT of the probe: Ok(true) written, Ok(false) refused
-/// by its condition, Err(Some(why)) the server refused the request.
+/// One conditional PUT of the probe: `Ok(Ok(Some(etag)))` written,
+/// `Ok(Ok(None))` refused by its condition, `Ok(Err(why))` the server
+/// refused the request itself; `Err` when S3 did not answer.
 async fn probe_put(
     store: &Store,
     key: &str,

@@ -382,6 +382,27 @@ impl Running {
         Self::start_cmd(cmd, false, config, port, env)
     }
 
+    /// Starts sparkvisor in a mount namespace of its own in which `disk` is
+    /// bind-mounted at `at`: a pod on another node, with the same paths as
+    /// every other pod (absolute paths recorded in a file sink's log stay
+    /// valid across pods) and its own disk.
+    pub fn start_with_disk(
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        disk: &Path,
+        at: &Path,
+    ) -> Running {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(disk)
+            .arg(at)
+            .arg(bin());
+        Self::start_cmd(cmd, false, config, port, env)
+    }
+
     fn start_cmd(
         mut cmd: Command,
         pid_namespace: bool,

@@ -27,6 +27,7 @@ pub mod replica;
 pub mod s3;
 pub mod sizing;
 pub mod status;
+pub mod stop;
 pub mod submit;
 pub mod supervisor;
 pub mod tasks;

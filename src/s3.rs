@@ -1,6 +1,7 @@
 //! The S3 connection: client construction from `[checkpoint.s3]`, and the
-//! few object operations replication and restore need, with errors that
-//! tell "object missing" apart from "request failed".
+//! few object operations replication, restore and the lease need, with
+//! errors that tell "object missing", "precondition failed" (a conditional
+//! write or read whose condition did not hold) and "request failed" apart.
 //!
 //! Invariants: credentials come from the SDK's default chain (environment,
 //! web identity / IRSA, container credentials, profiles, instance metadata)
@@ -8,7 +9,10 @@
 //! checksums the server may not understand (S3-compatible servers differ),
 //! content integrity is checked by sparkvisor itself (SHA-256 per file);
 //! uploads above [`MULTIPART_THRESHOLD`] are multipart with parts of
-//! [`PART_SIZE`] (≥ 5 MiB, as S3 requires). Downloads that must survive a
+//! [`PART_SIZE`] (≥ 5 MiB, as S3 requires); a conditional write answered
+//! 412, or 409 `ConditionalRequestConflict` (AWS, when another conditional
+//! write of the key is in progress), is [`StoreError::PreconditionFailed`]:
+//! in both cases the write did not happen. Downloads that must survive a
 //! slow or stalling link stream to disk and resume through `download`.
 
 pub mod download;
@@ -92,11 +96,20 @@ impl std::fmt::Display for Location {
 pub enum StoreError {
     #[error("s3://{bucket}/{key} does not exist")]
     NotFound { bucket: String, key: String },
+    #[error("{op} s3://{bucket}/{key}: precondition failed ({condition})")]
+    PreconditionFailed {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        condition: String,
+    },
     #[error("{op} s3://{bucket}/{key} failed: {message}")]
     Request {
         op: &'static str,
         bucket: String,
         key: String,
+        /// The HTTP status when the server answered (None: no answer).
+        status: Option<u16>,
         message: String,
     },
     #[error("{context}: {source}")]
@@ -110,6 +123,47 @@ pub enum StoreError {
     /// A ranged GET beyond the object's end (HTTP 416).
     #[error("s3://{bucket}/{key} ends before the requested range")]
     OutOfRange { bucket: String, key: String },
+}
+
+impl StoreError {
+    /// The server answered with a client error (4xx other than 404, 412,
+    /// 408 and 429): it understood the request and refused it, so sending
+    /// the same request again will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Request { status: Some(s), .. }
+            if (400..500).contains(s) && *s != 408 && *s != 429)
+    }
+}
+
+/// The condition of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition<'a> {
+    /// Write only if the key does not exist (`If-None-Match: *`).
+    Absent,
+    /// Write only if the object's ETag is still this (`If-Match`).
+    Matches(&'a str),
+}
+
+impl std::fmt::Display for Condition<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Absent => f.write_str("If-None-Match: *"),
+            Condition::Matches(e) => write!(f, "If-Match: {e}"),
+        }
+    }
+}
+
+/// An object's content with its entity tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged {
+    pub body: Vec<u8>,
+    /// As the server sent it (quoted); compare with [`same_etag`].
+    pub etag: String,
+}
+
+/// ETags compared without their quotes (servers differ in quoting).
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
 }
 
 /// Builds a client: default credential chain, `endpoint`, `region`
@@ -170,7 +224,24 @@ where
         op,
         bucket: bucket.to_string(),
         key: key.to_string(),
+        status: status_of(&e),
         message: describe(&e),
+    }
+}
+
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+/// 412, or AWS's 409 for a conditional write racing another one.
+fn is_precondition<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match status_of(e) {
+        Some(412) => true,
+        Some(409) => e
+            .as_service_error()
+            .and_then(|s| s.code())
+            .is_some_and(|c| c == "ConditionalRequestConflict"),
+        _ => false,
     }
 }
 
@@ -388,10 +459,96 @@ impl Store {
             op: "GET",
             bucket: self.bucket.clone(),
             key: key.to_string(),
+            status: None,
             message: format!("reading the body: {e}"),
         })?;
         Ok(body.into_bytes().to_vec())
     }
+
+    /// Writes `body` to `key` only if `condition` holds; returns the new
+    /// object's ETag. A condition that does not hold is
+    /// [`StoreError::PreconditionFailed`]; `If-Match` on a missing key is
+    /// [`StoreError::NotFound`] or `PreconditionFailed` (servers differ).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition<'_>,
+    ) -> Result<String, StoreError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        let req = match condition {
+            Condition::Absent => req.if_none_match("*"),
+            Condition::Matches(etag) => req.if_match(etag),
+        };
+        let out = req.send().await.map_err(|e| {
+            if is_precondition(&e) {
+                StoreError::PreconditionFailed {
+                    op: "PUT",
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                    condition: condition.to_string(),
+                }
+            } else if is_not_found(&e) {
+                self.not_found(key)
+            } else {
+                request_error("PUT", &self.bucket, key, e)
+            }
+        })?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// Reads a whole object with its ETag.
+    pub async fn get_tagged(&self, key: &str) -> Result<Tagged, StoreError> {
+        Ok(self
+            .get_unless(key, None)
+            .await?
+            .expect("an unconditional GET is never 'not modified'"))
+    }
+
+    /// Reads a whole object unless its ETag is still `etag`
+    /// (`If-None-Match`): `Ok(None)` when it is unchanged.
+    pub async fn get_if_changed(
+        &self,
+        key: &str,
+        etag: &str,
+    ) -> Result<Option<Tagged>, StoreError> {
+        self.get_unless(key, Some(etag)).await
+    }
+
+    async fn get_unless(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<Tagged>, StoreError> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(e) = etag {
+            req = req.if_none_match(e);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if etag.is_some() && status_of(&e) == Some(304) => return Ok(None),
+            Err(e) if is_not_found(&e) => return Err(self.not_found(key)),
+            Err(e) => return Err(request_error("GET", &self.bucket, key, e)),
+        };
+        let tag = out.e_tag().unwrap_or_default().to_string();
+        let body = out.body.collect().await.map_err(|e| StoreError::Request {
+            op: "GET",
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            status: None,
+            message: format!("reading the body: {e}"),
+        })?;
+        Ok(Some(Tagged {
+            body: body.into_bytes().to_vec(),
+            etag: tag,
+        }))
+    }
+
 
     /// Starts reading an object from byte `from` up to `to` (exclusive;
     /// `None`: to its end). The body is read with [`Body::next_chunk`];
@@ -472,6 +629,33 @@ impl Store {
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(request_error("DELETE", &self.bucket, key, e)),
+        }
+    }
+
+    /// Deletes one object with the whole request (the SDK's retries
+    /// included) bounded by `limit`: a delete that may still reach the
+    /// server later than that is never sent. Deleting a missing object
+    /// succeeds.
+    pub async fn delete_within(&self, key: &str, limit: Duration) -> Result<(), StoreError> {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(limit.min(Duration::from_secs(5)))
+            .read_timeout(limit)
+            .operation_attempt_timeout(limit)
+            .operation_timeout(limit)
+            .build();
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .customize()
+            .config_override(aws_sdk_s3::config::Builder::default().timeout_config(timeouts))
             .send()
             .await
         {

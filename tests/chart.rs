@@ -362,6 +362,7 @@ fn assert_invariants(r: &Rendered) -> Loaded {
         ("POD_IP", "status.podIP"),
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
+        ("NODE_NAME", "spec.nodeName"),
     ] {
         assert_eq!(r.env(var)["valueFrom"]["fieldRef"]["fieldPath"], field);
     }

@@ -8,7 +8,8 @@
 //! CDS archive), which runs on a blocking thread and is abandoned when a
 //! stop arrives (whatever it started is killed, sparkvisor exits 0 at
 //! once); then the essential tasks (`crate::tasks`) and the supervisor
-//! loop, joined by typed channels (`crate::attempt`). The loop runs on
+//! loop, joined by typed channels (`crate::attempt`, and `crate::stop` for
+//! stops sparkvisor asks of itself). The loop runs on
 //! this thread (`block_on`), which forks the app: the app's parent-death
 //! signal is tied to the forking thread, and this one lives as long as the
 //! process.
@@ -27,7 +28,7 @@ use crate::submit::{self, LaunchOptions, Prepared, SystemView};
 use crate::supervisor::signals::{Request, Signals};
 use crate::supervisor::{RunContext, Supervisor, child};
 use crate::tasks::{CatchUnwind, EXIT_INTERNAL, Tasks, panic_reason};
-use crate::{Error, Result, attempt, http, jvm, logging, preflight};
+use crate::{Error, Result, attempt, http, jvm, logging, preflight, stop};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -108,6 +109,7 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
         ),
     );
     let (stall_tx, stalls) = mpsc::channel(16);
+    let (stop_tx, stops) = stop::channel();
     let watcher = loaded.config.checkpoint.dir.is_some().then(|| {
         tasks.spawn(
             "checkpoint-watcher",
@@ -136,6 +138,8 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
         current: current_tx,
         spark: spark_rx,
         stalls,
+        stops,
+        stop_tx,
     };
     let sup =
         Supervisor::new(ctx, signals, tasks).map_err(|e| Error::io("starting the reaper", e))?;

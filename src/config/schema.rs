@@ -328,6 +328,44 @@ pub struct S3Config {
     /// Local checkpoints a restore replaced are moved aside; this many are
     /// kept (the oldest removed first, at least 1).
     pub keep_moved_aside: u32,
+    /// One writer per replica: a lease taken with conditional writes.
+    pub fencing: FencingMode,
+    /// What a fenced sparkvisor (the replica was taken over) does with its app.
+    pub on_fenced: OnFenced,
+}
+
+/// `checkpoint.s3.fencing`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FencingMode {
+    /// Refuse to start where the server does not enforce conditional writes.
+    Required,
+    /// Fence where it does, warn (and fence by reading only) where it does not.
+    #[default]
+    BestEffort,
+    /// No lease.
+    Off,
+}
+
+impl fmt::Display for FencingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FencingMode::Required => "required",
+            FencingMode::BestEffort => "best-effort",
+            FencingMode::Off => "off",
+        })
+    }
+}
+
+/// `checkpoint.s3.on_fenced`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFenced {
+    /// Stop the app gracefully and exit non-zero.
+    #[default]
+    Stop,
+    /// Keep the app running without replication.
+    KeepRunning,
 }
 
 impl Default for S3Config {
@@ -344,6 +382,8 @@ impl Default for S3Config {
             concurrency: 64,
             read_stall_timeout: HumanDuration::secs(10),
             keep_moved_aside: 3,
+            fencing: FencingMode::BestEffort,
+            on_fenced: OnFenced::Stop,
         }
     }
 }

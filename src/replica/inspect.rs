@@ -1,14 +1,17 @@
 //! `sparkvisor checkpoint inspect s3://…`: what the replica holds, in the
 //! same shape as the local inspection (`{"queries": [...]}`), plus the
-//! manifest it was read from.
+//! manifest it was read from and the lease (who holds the replica, which
+//! generation).
 //!
-//! Invariant: read-only, one listing and as few manifest reads as needed
-//! (newest first until one parses); objects are not downloaded.
+//! Invariant: read-only, one listing, the lease object and as few
+//! manifest reads as needed (newest first until one parses); objects are
+//! not downloaded.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::lease::{self, LeaseRecord};
 use super::restore::{Skipped, list_manifests, load_manifest};
 use crate::s3::{Location, Store, StoreError};
 
@@ -31,6 +34,7 @@ pub struct QueryReport {
 pub struct ManifestInfo {
     pub location: String,
     pub key: String,
+    pub lease_generation: u64,
     pub generation: u64,
     pub writer: String,
     pub created_unix: f64,
@@ -42,16 +46,69 @@ pub struct ManifestInfo {
     pub skipped: Vec<Skipped>,
 }
 
+/// The lease object: who may write the replica.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LeaseInfo {
+    pub holder: Option<String>,
+    pub generation: Option<u64>,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub acquired_unix: Option<f64>,
+    pub renewed_unix: Option<f64>,
+    pub version: Option<String>,
+    /// Why the object could not be read as a lease.
+    pub error: Option<String>,
+}
+
+impl LeaseInfo {
+    fn of(r: &LeaseRecord) -> LeaseInfo {
+        let secs = |ms: i64| ms as f64 / 1000.0;
+        LeaseInfo {
+            holder: Some(r.holder.clone()),
+            generation: Some(r.generation),
+            pod: r.pod.clone(),
+            node: r.node.clone(),
+            acquired_unix: Some(secs(r.acquired_unix_ms)),
+            renewed_unix: Some(secs(r.renewed_unix_ms)),
+            version: Some(r.version.clone()),
+            error: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RemoteInspection {
     pub queries: Vec<QueryReport>,
     pub manifest: Option<ManifestInfo>,
+    /// `None`: no lease object (never written with fencing on).
+    pub lease: Option<LeaseInfo>,
+}
+
+async fn read_lease(store: &Store, loc: &Location) -> Result<Option<LeaseInfo>, StoreError> {
+    match store.get(&lease::lease_key(&loc.prefix)).await {
+        Ok(bytes) => Ok(Some(match LeaseRecord::from_json(&bytes) {
+            Ok(r) => LeaseInfo::of(&r),
+            Err(e) => LeaseInfo {
+                holder: None,
+                generation: None,
+                pod: None,
+                node: None,
+                acquired_unix: None,
+                renewed_unix: None,
+                version: None,
+                error: Some(e),
+            },
+        })),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads the newest readable manifest. `manifest` is `None` (and `queries`
 /// empty) when the replica has none.
 pub async fn inspect_remote(store: &Store, loc: &Location) -> Result<RemoteInspection, StoreError> {
     let ids = list_manifests(store, loc).await?;
+    let lease = read_lease(store, loc).await?;
     let names: Vec<String> = ids.iter().map(|i| i.key(&loc.prefix)).collect();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -90,6 +147,7 @@ pub async fn inspect_remote(store: &Store, loc: &Location) -> Result<RemoteInspe
             manifest: Some(ManifestInfo {
                 location: loc.to_string(),
                 key,
+                lease_generation: m.lease_generation,
                 generation: m.generation,
                 writer: m.writer.clone(),
                 created_unix: secs(m.created_unix_ms),
@@ -98,12 +156,48 @@ pub async fn inspect_remote(store: &Store, loc: &Location) -> Result<RemoteInspe
                 manifests: names,
                 skipped,
             }),
+            lease,
         });
     }
     Ok(RemoteInspection {
         queries: vec![],
         manifest: None,
+        lease,
     })
+}
+
+fn render_lease(out: &mut String, l: &Option<LeaseInfo>) {
+    use std::fmt::Write as _;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    match l {
+        None => {
+            let _ = writeln!(out, "lease: none (no writer has fenced this replica)");
+        }
+        Some(LeaseInfo { error: Some(e), .. }) => {
+            let _ = writeln!(out, "lease: unreadable ({e})");
+        }
+        Some(l) => {
+            let ago = |t: Option<f64>| {
+                t.map_or_else(
+                    || "unknown".to_string(),
+                    |t| format!("{:.0}s ago", (now - t).max(0.0)),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "lease: generation {}, held by writer {} (pod {}, node {}), taken {}, renewed {}",
+                l.generation.unwrap_or(0),
+                l.holder.as_deref().unwrap_or("unknown"),
+                l.pod.as_deref().unwrap_or("unknown"),
+                l.node.as_deref().unwrap_or("unknown"),
+                ago(l.acquired_unix),
+                ago(l.renewed_unix),
+            );
+        }
+    }
 }
 
 /// A few lines for people.
@@ -111,13 +205,16 @@ pub fn render_text(r: &RemoteInspection) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let Some(m) = &r.manifest else {
-        return "no manifest: the replica is empty\n".into();
+        out.push_str("no manifest: the replica is empty\n");
+        render_lease(&mut out, &r.lease);
+        return out;
     };
     let _ = writeln!(
         out,
-        "{}: manifest {} (generation {}, {} files, {} bytes)",
-        m.location, m.key, m.generation, m.files, m.bytes
+        "{}: manifest {} (lease generation {}, generation {}, {} files, {} bytes)",
+        m.location, m.key, m.lease_generation, m.generation, m.files, m.bytes
     );
+    render_lease(&mut out, &r.lease);
     for s in &m.skipped {
         let _ = writeln!(out, "  skipped {}: {}", s.manifest, s.reason);
     }

@@ -6,18 +6,27 @@
 //!
 //! ```text
 //! objects/<sha256>                       one object per distinct file content
-//! manifests/<generation:020>-<writer>.json
+//! manifests/<lease:020>-<generation:020>-<writer>.json
+//! lease.json                             the writer's lease (`replica::lease`)
 //! ```
 //!
 //! Invariants:
 //! - Objects are content-addressed and never rewritten with different bytes:
 //!   an object referenced by a retained manifest is never overwritten or
 //!   deleted, so every retained manifest stays restorable.
-//! - A manifest is written once, after every object it references, and is
-//!   the only commit point: a replica state exists when its manifest exists.
-//! - Generations only grow; the newest manifest is the one with the highest
-//!   (generation, writer). The writer id keeps two writers from ever writing
-//!   the same manifest key.
+//! - A manifest is written once (`If-None-Match: *`), after every object it
+//!   references, and is the only commit point: a replica state exists when
+//!   its manifest exists.
+//! - The newest manifest is the one with the highest (lease generation,
+//!   generation, writer): a manifest of a newer lease is newer than any of
+//!   an older lease, however high that one's own number, so a stale writer
+//!   that slipped a manifest in after a takeover is never restored over
+//!   the new holder's. Generations only grow; the writer id keeps two
+//!   writers from ever writing the same key. Keys of the earlier layout
+//!   (`<generation:020>-<writer>.json`) read as lease generation 0.
+//! - Garbage collection never deletes what a manifest of a newer lease
+//!   generation than the collector's may reference: with such a manifest in
+//!   view it deletes nothing.
 //! - File paths in a manifest are relative, `/`-separated, without `.`/`..`
 //!   components ([`Manifest::validate`] refuses anything else), so a restore
 //!   can never write outside its target directory; and a manifest that
@@ -79,6 +88,9 @@ pub struct QueryEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
+    /// The writer's lease generation (0: written without a lease).
+    #[serde(default)]
+    pub lease_generation: u64,
     pub generation: u64,
     pub writer: String,
     pub created_unix_ms: i64,
@@ -86,20 +98,25 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// A manifest's name: what its key encodes.
+/// A manifest's name: what its key encodes. Ordered oldest to newest
+/// (lease generation first).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ManifestId {
+    pub lease: u64,
     pub generation: u64,
     pub writer: String,
+}
+
+fn number(s: &str) -> Option<u64> {
+    (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 impl ManifestId {
     /// The object key of this manifest under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
-        join(
-            prefix,
-            &format!("manifests/{:020}-{}.json", self.generation, self.writer),
-        )
+        join(prefix, &format!("manifests/{self}.json"))
     }
 
     /// Parses a key listed under [`manifests_prefix`]; `None` for anything
@@ -107,15 +124,18 @@ impl ManifestId {
     pub fn parse_key(prefix: &str, key: &str) -> Option<ManifestId> {
         let dir = manifests_prefix(prefix);
         let name = key.strip_prefix(&dir)?.strip_suffix(".json")?;
-        let (generation, writer) = name.split_once('-')?;
-        if generation.len() != 20 || !generation.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
+        let parts: Vec<&str> = name.split('-').collect();
+        let (lease, generation, writer) = match parts[..] {
+            [l, g, w] => (number(l)?, number(g)?, w),
+            [g, w] => (0, number(g)?, w),
+            _ => return None,
+        };
         if writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         Some(ManifestId {
-            generation: generation.parse().ok()?,
+            lease,
+            generation,
             writer: writer.to_string(),
         })
     }
@@ -123,7 +143,11 @@ impl ManifestId {
 
 impl std::fmt::Display for ManifestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:020}-{}", self.generation, self.writer)
+        write!(
+            f,
+            "{:020}-{:020}-{}",
+            self.lease, self.generation, self.writer
+        )
     }
 }
 
@@ -160,6 +184,8 @@ pub enum ManifestError {
     Format(String),
     #[error("manifest names generation {found} but its key says {expected}")]
     Generation { expected: u64, found: u64 },
+    #[error("manifest names lease generation {found} but its key says {expected}")]
+    Lease { expected: u64, found: u64 },
     #[error("unsafe or malformed file path {0:?}")]
     Path(String),
     #[error("file {path:?} has a malformed sha256 {sha256:?}")]
@@ -200,6 +226,12 @@ impl Manifest {
             return Err(ManifestError::Generation {
                 expected: id.generation,
                 found: m.generation,
+            });
+        }
+        if m.lease_generation != id.lease {
+            return Err(ManifestError::Lease {
+                expected: id.lease,
+                found: m.lease_generation,
             });
         }
         m.validate()?;
@@ -268,6 +300,7 @@ impl Manifest {
 
     pub fn id(&self) -> ManifestId {
         ManifestId {
+            lease: self.lease_generation,
             generation: self.generation,
             writer: self.writer.clone(),
         }
@@ -351,6 +384,23 @@ pub fn gc_objects<'a>(
         .collect()
 }
 
+/// Whether a collector holding lease generation `ours` may delete at all:
+/// not while it knows a manifest of a newer lease (its objects may be any
+/// of those the collector is about to delete).
+pub fn may_collect<'a>(ours: u64, known: impl IntoIterator<Item = &'a ManifestId>) -> bool {
+    known.into_iter().all(|id| id.lease <= ours)
+}
+
+/// The highest lease generation among `ids` (0 when none).
+pub fn newest_lease<'a>(ids: impl IntoIterator<Item = &'a ManifestId>) -> u64 {
+    ids.into_iter().map(|id| id.lease).max().unwrap_or(0)
+}
+
+/// The next manifest generation: above every listed one, whatever its lease.
+pub fn next_generation<'a>(ids: impl IntoIterator<Item = &'a ManifestId>) -> u64 {
+    ids.into_iter().map(|id| id.generation).max().unwrap_or(0) + 1
+}
+
 /// Splits manifests (any order) into (retained: the newest `retain`,
 /// superseded: the rest), both newest first. `retain` is at least 1.
 pub fn split_retained(ids: Vec<ManifestId>, retain: usize) -> (Vec<ManifestId>, Vec<ManifestId>) {
@@ -370,6 +420,7 @@ mod tests {
     fn manifest(generation: u64, files: &[(&str, char)]) -> Manifest {
         Manifest {
             format: FORMAT.into(),
+            lease_generation: 0,
             generation,
             writer: "w1".into(),
             created_unix_ms: 0,
@@ -386,21 +437,27 @@ mod tests {
         }
     }
 
+    fn id(lease: u64, generation: u64, writer: &str) -> ManifestId {
+        ManifestId {
+            lease,
+            generation,
+            writer: writer.into(),
+        }
+    }
+
     #[test]
-    fn keys_round_trip_and_sort_by_generation() {
-        let id = ManifestId {
-            generation: 42,
-            writer: "ab12".into(),
-        };
-        let key = id.key("ckpt/orders");
-        assert_eq!(key, "ckpt/orders/manifests/00000000000000000042-ab12.json");
-        assert_eq!(ManifestId::parse_key("ckpt/orders", &key), Some(id.clone()));
+    fn keys_round_trip_and_sort_by_lease_then_generation() {
+        let i = id(3, 42, "ab12");
+        let key = i.key("ckpt/orders");
+        assert_eq!(
+            key,
+            "ckpt/orders/manifests/00000000000000000003-00000000000000000042-ab12.json"
+        );
+        assert_eq!(ManifestId::parse_key("ckpt/orders", &key), Some(i.clone()));
+        // The earlier layout reads as lease generation 0.
         assert_eq!(
             ManifestId::parse_key("", "manifests/00000000000000000007-x.json"),
-            Some(ManifestId {
-                generation: 7,
-                writer: "x".into()
-            })
+            Some(id(0, 7, "x"))
         );
         // Not manifests: other folders, temp names, short generations.
         assert_eq!(
@@ -412,38 +469,33 @@ mod tests {
             ManifestId::parse_key("p", "p/manifests/00000000000000000042-ab12.json.tmp"),
             None
         );
-        let ids = vec![
-            ManifestId {
-                generation: 9,
-                writer: "a".into(),
-            },
-            ManifestId {
-                generation: 10,
-                writer: "a".into(),
-            },
-            ManifestId {
-                generation: 9,
-                writer: "b".into(),
-            },
-        ];
-        let order: Vec<String> = newest_first(ids).iter().map(|i| i.to_string()).collect();
         assert_eq!(
-            order,
-            [
-                "00000000000000000010-a",
-                "00000000000000000009-b",
-                "00000000000000000009-a"
-            ]
+            ManifestId::parse_key("p", "p/manifests/00000000000000000001-2-ab12.json"),
+            None
         );
+        assert_eq!(ManifestId::parse_key("p", "p/manifests/a-b-c-d.json"), None);
+        // A newer lease wins over a higher generation of an older lease.
+        let ids = vec![
+            id(0, 9, "a"),
+            id(0, 10, "a"),
+            id(0, 9, "b"),
+            id(1, 3, "c"),
+            id(1, 4, "c"),
+        ];
+        let order: Vec<String> = newest_first(ids.clone())
+            .iter()
+            .map(|i| format!("{}/{}/{}", i.lease, i.generation, i.writer))
+            .collect();
+        assert_eq!(order, ["1/4/c", "1/3/c", "0/10/a", "0/9/b", "0/9/a"]);
+        assert_eq!(newest_lease(&ids), 1);
+        assert_eq!(next_generation(&ids), 11);
+        assert_eq!(next_generation(&[]), 1);
         assert_eq!(object_key("", &sha('a')), format!("objects/{}", sha('a')));
     }
 
     #[test]
     fn validation_refuses_unsafe_paths_and_bad_checksums() {
-        let id = ManifestId {
-            generation: 3,
-            writer: "w1".into(),
-        };
+        let id = id(0, 3, "w1");
         let good = manifest(3, &[("q/offsets/0", 'a'), ("q/commits/0", 'a')]);
         assert_eq!(Manifest::from_json(&good.to_json(), &id), Ok(good.clone()));
 
@@ -459,15 +511,22 @@ mod tests {
         let mut m = manifest(3, &[]);
         m.format = "other/9".into();
         assert!(matches!(m.validate(), Err(ManifestError::Format(_))));
-        // A manifest copied under another generation's key is refused.
-        let other = ManifestId {
-            generation: 4,
-            writer: "w1".into(),
-        };
+        // A manifest copied under another generation's or lease's key is refused.
         assert!(matches!(
-            Manifest::from_json(&good.to_json(), &other),
+            Manifest::from_json(&good.to_json(), &super::tests::id(0, 4, "w1")),
             Err(ManifestError::Generation { .. })
         ));
+        assert!(matches!(
+            Manifest::from_json(&good.to_json(), &super::tests::id(2, 3, "w1")),
+            Err(ManifestError::Lease { .. })
+        ));
+        // Manifests of the earlier format (no lease field) read as lease 0.
+        let mut v: serde_json::Value = serde_json::from_slice(&good.to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("lease_generation");
+        assert_eq!(
+            Manifest::from_json(&serde_json::to_vec(&v).unwrap(), &id),
+            Ok(good.clone())
+        );
         assert!(matches!(
             Manifest::from_json(b"{\"format\":", &id),
             Err(ManifestError::Parse(_))
@@ -563,14 +622,17 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_of_a_newer_lease_stops_collection() {
+        let ids = [id(2, 5, "a"), id(2, 6, "a"), id(1, 9, "b")];
+        assert!(may_collect(2, &ids));
+        assert!(may_collect(3, &ids));
+        assert!(!may_collect(1, &ids));
+        assert!(may_collect(0, &[]));
+    }
+
+    #[test]
     fn split_keeps_the_newest() {
-        let ids: Vec<ManifestId> = [5, 1, 3, 4, 2]
-            .iter()
-            .map(|g| ManifestId {
-                generation: *g,
-                writer: "w".into(),
-            })
-            .collect();
+        let ids: Vec<ManifestId> = [5, 1, 3, 4, 2].iter().map(|g| id(0, *g, "w")).collect();
         let (keep, old) = split_retained(ids.clone(), 2);
         let g = |v: &[ManifestId]| v.iter().map(|i| i.generation).collect::<Vec<_>>();
         assert_eq!(g(&keep), [5, 4]);

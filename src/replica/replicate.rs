@@ -8,9 +8,23 @@
 //! publishes the manifest, then deletes objects only superseded manifests
 //! reference (beyond `retain_batches`).
 //!
+//! With a [`Fence`] (the lease, `replica::fence`) every cycle starts with a
+//! check of the lease, the manifest is published only after another, and
+//! deletions are sent only within [`lease::GC_WINDOW`] of a third; a
+//! process that took the replica over lists the objects only after
+//! [`lease::SETTLE`]. Manifests carry the lease generation.
+//!
 //! Invariants:
-//! - The manifest is written after every object it references; a cycle
-//!   that fails or is cancelled before that leaves the replica as it was.
+//! - The manifest is written (`If-None-Match: *`) after every object it
+//!   references; a cycle that fails or is cancelled before that leaves the
+//!   replica as it was.
+//! - A fenced replicator writes and deletes nothing more: every later
+//!   cycle fails with [`SyncError::Fenced`] before any request, and the
+//!   final sync is skipped. An unanswered lease check (S3 down) fails the
+//!   cycle like any other request; it is not a lost lease.
+//! - Garbage collection re-reads the manifests it is about to supersede,
+//!   deletes only under a lease it holds, and never while it knows a
+//!   manifest of a newer lease generation.
 //! - What the replica holds is remembered (manifests this process read or
 //!   wrote), so a steady-state cycle lists nothing: the manifests listing
 //!   and one objects listing happen once, on the first cycle.
@@ -29,13 +43,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::fence::{self, CheckError, Fence};
+use super::lease;
 use super::manifest::{self, FORMAT, FileEntry, Manifest, ManifestId};
 use super::snapshot::{self, LocalFile, Selection};
 use crate::config::{CheckpointConfig, ConfigError};
 use crate::s3::{
-    Location, MULTIPART_THRESHOLD, PART_SIZE, S3Settings, Store, StoreError, Throttle,
+    Condition, Location, MULTIPART_THRESHOLD, PART_SIZE, S3Settings, Store, StoreError, Throttle,
     sha256_bytes, sha256_file,
 };
+use crate::stop::Takeover;
 
 /// How often a cycle rescans when files change under it.
 const MAX_SCANS: usize = 5;
@@ -183,6 +200,9 @@ pub enum SyncError {
     Manifest { manifest: String, message: String },
     #[error("local files kept changing during {MAX_SCANS} scans (last: {path})")]
     Unstable { path: String },
+    /// Another writer took the replica over: nothing more is written.
+    #[error("fenced: {0}")]
+    Fenced(Takeover),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -191,6 +211,8 @@ pub enum SyncError {
 #[derive(Debug)]
 struct Remote {
     next_generation: u64,
+    /// The newest lease generation a listed manifest carries.
+    listed_lease: u64,
     /// Newest first; `None` when a retained manifest could not be read.
     retained: Vec<(ManifestId, Option<Manifest>)>,
     /// Superseded manifests whose deletion is pending (with their content
@@ -211,6 +233,8 @@ pub struct Replicator {
     /// path → (size, mtime, sha256) of files already hashed.
     hashes: HashMap<String, (u64, i128, String)>,
     stats: Arc<SyncStats>,
+    /// The lease (`None`: `fencing = "off"`).
+    fence: Option<Fence>,
 }
 
 /// Upload order: state, sources, metadata and the rest (0), offsets (1),
@@ -291,11 +315,55 @@ impl Replicator {
         Replicator {
             store,
             cfg,
-            writer: format!("{:08x}", fastrand::u32(..)),
+            writer: fence::new_writer_id(),
             throttle,
             remote: None,
             hashes: HashMap::new(),
             stats: Arc::new(SyncStats::default()),
+            fence: None,
+        }
+    }
+
+    /// Replicates under `fence` (its writer id names the manifests).
+    pub fn with_fence(mut self, fence: Fence) -> Replicator {
+        self.writer = fence.writer().to_string();
+        self.fence = Some(fence);
+        self
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// This replicator's writer id (in its manifests' names).
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Who took the replica over, once this replicator knows.
+    pub fn fenced(&self) -> Option<&Takeover> {
+        self.fence.as_ref().and_then(Fence::lost)
+    }
+
+    /// Checks the lease (no-op without one): Err(Fenced) once lost.
+    async fn check_lease(&mut self) -> Result<(), SyncError> {
+        let Some(f) = self.fence.as_mut() else {
+            return Ok(());
+        };
+        match f.check().await {
+            Ok(()) => Ok(()),
+            Err(CheckError::Fenced(t)) => Err(SyncError::Fenced(t)),
+            Err(CheckError::Store(e)) => Err(SyncError::Store(e)),
+        }
+    }
+
+    /// The lease generation new manifests carry: the one held, or without
+    /// a lease the newest listed (so they still sort after older ones).
+    fn lease_generation(&self) -> u64 {
+        match (&self.fence, &self.remote) {
+            (Some(f), _) => f.generation(),
+            (None, Some(r)) => r.listed_lease,
+            (None, None) => 0,
         }
     }
 
@@ -324,6 +392,9 @@ impl Replicator {
                     d.replicated = report.batches.iter().cloned().collect();
                 }
             }
+            Err(SyncError::Fenced(_)) => {
+                self.stats.detail().last_error = result.as_ref().err().map(|e| e.to_string());
+            }
             Err(e) => {
                 self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -339,7 +410,8 @@ impl Replicator {
     /// Runs cycles every `interval` (sooner, with backoff, after a failure)
     /// until `stop` turns true, then one last cycle bounded by
     /// `final_timeout`. A cycle in progress when `stop` turns true is
-    /// abandoned (harmless: the manifest is written last).
+    /// abandoned (harmless: the manifest is written last). Once fenced it
+    /// returns at once, without a final cycle.
     pub async fn run(
         mut self,
         interval: Duration,
@@ -361,6 +433,12 @@ impl Replicator {
                 _ = self.sync_once() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
+            if self.fenced().is_some() {
+                return;
+            }
+        }
+        if self.fenced().is_some() {
+            return;
         }
         match tokio::time::timeout(final_timeout, self.sync_once()).await {
             Ok(Ok(r)) => {
@@ -378,6 +456,8 @@ impl Replicator {
     }
 
     async fn cycle(&mut self) -> Result<SyncReport, SyncError> {
+        // Stop uploading at once when the replica is no longer ours.
+        self.check_lease().await?;
         let mut uploaded_files = 0u64;
         let mut uploaded_bytes = 0u64;
         let mut last_moved = String::new();
@@ -400,6 +480,16 @@ impl Replicator {
                     objects_deleted: 0,
                     batches: vec![],
                 });
+            }
+            if self.remote.is_none()
+                && let Some(until) = self.fence.as_ref().and_then(Fence::settle_until)
+                && until > std::time::Instant::now()
+            {
+                tracing::info!(
+                    wait_ms = (until - std::time::Instant::now()).as_millis() as u64,
+                    "took the replica over from another writer: waiting until its deletions in flight are over before reading the replica"
+                );
+                tokio::time::sleep_until(until.into()).await;
             }
             self.ensure_remote().await?;
             let (entries, moved, files, bytes) = self.upload(&selection).await?;
@@ -425,9 +515,11 @@ impl Replicator {
             .map(|q| (q.path.clone(), q.latest_committed_batch))
             .collect();
         let writer = self.writer.clone();
+        let lease_generation = self.lease_generation();
         let remote = self.remote_mut()?;
         let mut m = Manifest {
             format: FORMAT.to_string(),
+            lease_generation,
             generation: remote.next_generation,
             writer,
             created_unix_ms: now_ms(),
@@ -451,7 +543,9 @@ impl Replicator {
         }
         let id = m.id();
         let key = id.key(&self.cfg.location.prefix);
-        self.store.put(&key, m.to_json()).await?;
+        // Published only under a lease this process still holds.
+        self.check_lease().await?;
+        self.publish(&key, m.to_json()).await?;
         tracing::info!(manifest = %key, batches = ?batches, files = m.files.len(), uploaded = uploaded_files, "checkpoint replica published");
         self.stats.manifests_total.fetch_add(1, Ordering::Relaxed);
         self.stats.detail().last_manifest = Some(key);
@@ -463,7 +557,7 @@ impl Replicator {
             let old = remote.retained.split_off(keep);
             remote.superseded.extend(old);
         }
-        let objects_deleted = self.collect_garbage().await;
+        let objects_deleted = self.collect_garbage().await?;
         Ok(SyncReport {
             outcome: SyncOutcome::Published(id),
             files_uploaded: uploaded_files,
@@ -471,6 +565,31 @@ impl Replicator {
             objects_deleted,
             batches,
         })
+    }
+
+    /// Writes a new manifest with `If-None-Match: *`. A refusal means the
+    /// key exists: only this writer writes its keys, so that is its own
+    /// earlier attempt (the SDK retried after a lost answer) when the
+    /// content is the same.
+    async fn publish(&self, key: &str, body: Vec<u8>) -> Result<(), SyncError> {
+        match self
+            .store
+            .put_if(key, body.clone(), Condition::Absent)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                if self.store.get(key).await? == body {
+                    Ok(())
+                } else {
+                    Err(SyncError::Manifest {
+                        manifest: key.to_string(),
+                        message: "another manifest already has this name".into(),
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn remote_mut(&mut self) -> Result<&mut Remote, SyncError> {
@@ -513,7 +632,8 @@ impl Replicator {
             .iter()
             .filter_map(|k| ManifestId::parse_key(prefix, k))
             .collect();
-        let next_generation = ids.iter().map(|i| i.generation).max().unwrap_or(0) + 1;
+        let next_generation = manifest::next_generation(&ids);
+        let listed_lease = manifest::newest_lease(&ids);
         let (keep, old) = manifest::split_retained(ids, self.cfg.retain);
         let mut retained = Vec::new();
         let mut referenced: HashMap<String, u64> = HashMap::new();
@@ -558,6 +678,7 @@ impl Replicator {
         );
         self.remote = Some(Remote {
             next_generation,
+            listed_lease,
             retained,
             superseded: old.into_iter().map(|id| (id, None)).collect(),
             present,
@@ -668,23 +789,25 @@ impl Replicator {
     }
 
     /// Deletes superseded manifests, then the objects only they reference.
-    /// Failures are counted and retried on the next cycle.
-    async fn collect_garbage(&mut self) -> u64 {
+    /// The superseded manifests are re-read first (what they reference now,
+    /// whoever wrote them); nothing is deleted while a manifest of a newer
+    /// lease generation is known; under a lease, deletions start right
+    /// after a check and are sent only within [`lease::GC_WINDOW`] of one.
+    /// Failures are counted and retried on the next cycle; a lost lease is
+    /// [`SyncError::Fenced`].
+    async fn collect_garbage(&mut self) -> Result<u64, SyncError> {
         let prefix = self.cfg.location.prefix.clone();
+        let ours = self.lease_generation();
         let Some(remote) = self.remote.as_mut() else {
-            return 0;
+            return Ok(0);
         };
         if remote.superseded.is_empty() {
-            return 0;
+            return Ok(0);
         }
         let superseded = std::mem::take(&mut remote.superseded);
         let mut old = Vec::new();
         let mut failed = Vec::new();
-        for (id, known) in superseded {
-            if let Some(m) = known {
-                old.push((id, Some(m)));
-                continue;
-            }
+        for (id, _remembered) in superseded {
             match self.store.get(&id.key(&prefix)).await {
                 Ok(bytes) => match Manifest::from_json(&bytes, &id) {
                     Ok(m) => old.push((id, Some(m))),
@@ -697,12 +820,53 @@ impl Replicator {
                 }
             }
         }
+        let known = remote
+            .retained
+            .iter()
+            .chain(old.iter())
+            .chain(failed.iter())
+            .map(|(id, _)| id);
+        if !manifest::may_collect(ours, known) {
+            tracing::warn!(
+                lease_generation = ours,
+                "a manifest of a newer lease generation is in the replica: deleting nothing"
+            );
+            remote.superseded = old.into_iter().chain(failed).collect();
+            return Ok(0);
+        }
+        // Only under a lease this process holds, checked right before.
+        if let Err(e) = self.check_lease().await {
+            if let Some(remote) = self.remote.as_mut() {
+                remote.superseded = old.into_iter().chain(failed).collect();
+            }
+            return match e {
+                SyncError::Fenced(_) => Err(e),
+                e => {
+                    tracing::warn!(error = %e, "cannot check the lease before deleting; retrying later");
+                    self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+                    Ok(0)
+                }
+            };
+        }
         let mut errors = 0u64;
         // Manifests first: a crash between the two steps leaks objects
         // instead of leaving a manifest that points at deleted ones.
         let mut gone = Vec::new();
-        for (id, m) in old {
-            match self.store.delete(&id.key(&prefix)).await {
+        let mut pending = old.into_iter();
+        while let Some((id, m)) = pending.next() {
+            if let Err(e) = self.fresh_lease().await {
+                failed.push((id, m));
+                failed.extend(pending);
+                if let Some(remote) = self.remote.as_mut() {
+                    remote.superseded = failed;
+                }
+                return self.gc_interrupted(e, errors);
+            }
+            match self
+                .store
+                .delete_within(&id.key(&prefix), lease::DELETE_TIMEOUT)
+                .await
+            {
                 Ok(()) => gone.push(m),
                 Err(e) => {
                     tracing::warn!(manifest = %id, error = %e, "cannot delete a superseded manifest");
@@ -711,45 +875,76 @@ impl Replicator {
                 }
             }
         }
+        let Some(remote) = self.remote.as_ref() else {
+            return Ok(0);
+        };
         // Manifests that could not be deleted still exist: keep theirs too.
-        let doomed = manifest::gc_objects(
+        let doomed: Vec<String> = manifest::gc_objects(
             remote
                 .retained
                 .iter()
                 .chain(failed.iter())
                 .filter_map(|(_, m)| m.as_ref()),
             gone.iter().flatten(),
-        );
-        let mut deleted = 0u64;
-        let mut set = JoinSet::new();
-        for sha in doomed {
-            let store = self.store.clone();
-            let throttle = self.throttle.clone();
-            let key = manifest::object_key(&prefix, &sha);
-            set.spawn(async move {
-                let _permit = throttle.acquire(0).await;
-                (sha, store.delete(&key).await)
-            });
+        )
+        .into_iter()
+        .collect();
+        if let Some(remote) = self.remote.as_mut() {
+            remote.superseded = failed;
         }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((sha, Ok(()))) => {
-                    remote.present.remove(&sha);
-                    deleted += 1;
-                }
-                Ok((sha, Err(e))) => {
-                    // Leaked, not lost; forgotten so it is uploaded again if needed.
-                    remote.present.remove(&sha);
-                    tracing::warn!(object = %sha, error = %e, "cannot delete a superseded object");
-                    errors += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "delete task failed");
-                    errors += 1;
+        let mut deleted = 0u64;
+        for chunk in doomed.chunks(self.cfg.concurrency.max(1)) {
+            if let Err(e) = self.fresh_lease().await {
+                self.stats
+                    .objects_deleted_total
+                    .fetch_add(deleted, Ordering::Relaxed);
+                return self.gc_interrupted(e, errors).map(|_| deleted);
+            }
+            // Sent only before the window of the last check closes.
+            let until = self
+                .fence
+                .as_ref()
+                .and_then(|f| f.checked_until(lease::GC_WINDOW));
+            let mut set = JoinSet::new();
+            for sha in chunk {
+                let store = self.store.clone();
+                let throttle = self.throttle.clone();
+                let key = manifest::object_key(&prefix, sha);
+                let sha = sha.clone();
+                set.spawn(async move {
+                    let _permit = throttle.acquire(0).await;
+                    if until.is_some_and(|u| std::time::Instant::now() >= u) {
+                        return (sha, None);
+                    }
+                    let r = store.delete_within(&key, lease::DELETE_TIMEOUT).await;
+                    (sha, Some(r))
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                let Some(remote) = self.remote.as_mut() else {
+                    continue;
+                };
+                match joined {
+                    Ok((sha, Some(Ok(())))) => {
+                        remote.present.remove(&sha);
+                        deleted += 1;
+                    }
+                    Ok((sha, Some(Err(e)))) => {
+                        // Leaked, not lost; forgotten so it is uploaded again if needed.
+                        remote.present.remove(&sha);
+                        tracing::warn!(object = %sha, error = %e, "cannot delete a superseded object");
+                        errors += 1;
+                    }
+                    Ok((sha, None)) => {
+                        tracing::warn!(object = %sha, "not deleted: the lease check is too old (left behind)");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delete task failed");
+                        errors += 1;
+                    }
                 }
             }
         }
-        remote.superseded = failed;
         if errors > 0 {
             self.stats.errors_total.fetch_add(errors, Ordering::Relaxed);
         }
@@ -759,7 +954,32 @@ impl Replicator {
         if deleted > 0 {
             tracing::info!(objects = deleted, "superseded checkpoint objects deleted");
         }
-        deleted
+        Ok(deleted)
+    }
+
+    /// Checks the lease again when the last check is older than
+    /// [`lease::GC_WINDOW`] (no-op without a lease).
+    async fn fresh_lease(&mut self) -> Result<(), SyncError> {
+        match &self.fence {
+            Some(f) if !f.checked_within(lease::GC_WINDOW) => self.check_lease().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Garbage collection stopped by a failed lease check: a lost lease is
+    /// the cycle's error, anything else is counted and retried later.
+    fn gc_interrupted(&self, e: SyncError, errors: u64) -> Result<u64, SyncError> {
+        self.stats.errors_total.fetch_add(
+            errors + u64::from(!matches!(e, SyncError::Fenced(_))),
+            Ordering::Relaxed,
+        );
+        match e {
+            SyncError::Fenced(_) => Err(e),
+            e => {
+                tracing::warn!(error = %e, "cannot check the lease while deleting; retrying later");
+                Ok(0)
+            }
+        }
     }
 }
 

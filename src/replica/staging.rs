@@ -578,6 +578,7 @@ mod tests {
         Manifest {
             format: FORMAT.into(),
             generation: 1,
+            lease_generation: 0,
             writer: "w".into(),
             created_unix_ms: 0,
             queries: vec![],

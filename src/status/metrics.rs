@@ -32,6 +32,7 @@ pub struct Metrics {
     pub s3_sync_errors_total: IntCounter,
     pub s3_last_sync_timestamp_seconds: Gauge,
     pub s3_restore_seconds: Gauge,
+    pub s3_fenced: IntGauge,
     pub jvm_cds_archive_used: IntGauge,
     pub drain_seconds: Gauge,
     pub drain_timeouts_total: IntCounter,
@@ -88,6 +89,7 @@ impl Metrics {
             s3_sync_errors_total: reg(&r, IntCounter::with_opts(opts("s3_sync_errors_total", "Failed S3 sync cycles")).unwrap()),
             s3_last_sync_timestamp_seconds: reg(&r, Gauge::with_opts(opts("s3_last_sync_timestamp_seconds", "Unix time of the last successful S3 sync (0 before the first)")).unwrap()),
             s3_restore_seconds: reg(&r, Gauge::with_opts(opts("s3_restore_seconds", "Duration of the restore from S3 at start (0 when none ran)")).unwrap()),
+            s3_fenced: reg(&r, IntGauge::with_opts(opts("s3_fenced", "1 when another sparkvisor took the checkpoint replica over: this one writes and deletes nothing more in S3")).unwrap()),
             jvm_cds_archive_used: reg(&r, IntGauge::with_opts(opts("jvm_cds_archive_used", "1 when the current attempt's JVM uses a class-data-sharing archive")).unwrap()),
             drain_seconds: reg(&r, Gauge::with_opts(opts("drain_seconds", "Duration of the last drain: from the stop request until the batches then in flight committed (or the timeout)")).unwrap()),
             drain_timeouts_total: reg(&r, IntCounter::with_opts(opts("drain_timeouts_total", "Drains that reached supervisor.drain_timeout with batches uncommitted")).unwrap()),
@@ -155,6 +157,7 @@ mod tests {
             "s3_restore_seconds",
             "drain_seconds",
             "drain_timeouts_total",
+            "s3_fenced",
         ] {
             assert!(
                 text.contains(&format!("# HELP sparkvisor_{name} ")),

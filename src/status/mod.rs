@@ -57,6 +57,9 @@ pub enum Phase {
     Exited,
     /// The crash-loop budget is exhausted; sparkvisor is exiting non-zero.
     Exhausted,
+    /// Another sparkvisor took the S3 replica over; this one stopped its
+    /// app and is exiting non-zero.
+    Fenced,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -313,6 +316,12 @@ impl Shared {
         match self.phase() {
             Phase::Exhausted => return Err("restart budget exhausted".into()),
             Phase::Exited => return Err("the app has ended and will not be restarted".into()),
+            Phase::Fenced => {
+                return Err(
+                    "fenced: another sparkvisor holds the checkpoint replica (see /status s3.lease)"
+                        .into(),
+                );
+            }
             _ => {}
         }
         let window = self.wedge_window();
@@ -365,6 +374,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Stopping => "stopping",
         Phase::Exited => "exited",
         Phase::Exhausted => "exhausted",
+        Phase::Fenced => "fenced",
     }
 }
 
@@ -460,5 +470,8 @@ mod tests {
         assert!(s.liveness().is_ok());
         s.update(|st| st.state = Phase::Exhausted);
         assert!(s.liveness().is_err());
+        s.update(|st| st.state = Phase::Fenced);
+        assert!(s.liveness().unwrap_err().contains("fenced"));
+        assert_eq!(s.phase_name(), "fenced");
     }
 }

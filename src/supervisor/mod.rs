@@ -8,9 +8,11 @@
 //! checkpoint repair between attempts), `replica` (S3 around the loop).
 //!
 //! Invariants: one attempt at a time, and a new one starts only after every
-//! process of the previous one is gone; after TERM/INT, or once one of
-//! sparkvisor's essential tasks has died (`crate::tasks`: graceful stop,
-//! final sync, exit [`EXIT_INTERNAL`]), no restart happens;
+//! process of the previous one is gone; after TERM/INT, a stop sparkvisor
+//! asked of itself (`crate::stop`, e.g. fenced), or once one of
+//! sparkvisor's essential tasks has died (`crate::tasks`: final sync, exit
+//! [`EXIT_INTERNAL`]), no restart happens and the app stops through the
+//! same graceful path;
 //! the grace period is a deadline, not a sleep (sparkvisor exits as soon as
 //! everything is gone); the current attempt is published on its channel
 //! (`crate::attempt`) from spawn to exit, and the state in [`Shared`] is
@@ -39,6 +41,7 @@ use crate::exit::{self, ExitClass, Termination};
 use crate::kube;
 use crate::observe::progress::Stall;
 use crate::status::{LastExit, Phase, Shared, unix_now};
+use crate::stop::{StopReason, StopReceiver, StopSender};
 use crate::submit::{self, LaunchOptions, LaunchPlan, Prepared, SystemView};
 use crate::tasks::{Died, EXIT_INTERNAL, Essential, Tasks};
 use backoff::{Backoff, Budget};
@@ -64,6 +67,19 @@ pub struct RunContext {
     pub spark: watch::Receiver<SparkApi>,
     /// Stall events from the checkpoint watcher.
     pub stalls: mpsc::Receiver<Stall>,
+    /// Stops sparkvisor asks of itself (the replicator, when fenced).
+    pub stops: StopReceiver,
+    /// Handed to the tasks that may ask for a stop.
+    pub stop_tx: StopSender,
+}
+
+/// How the start before the first attempt went.
+enum Begin {
+    Go,
+    /// A stop was requested meanwhile.
+    Stopped,
+    /// Do not start: exit with this code.
+    Exit(i32),
 }
 
 /// How an attempt ended, as seen by the loop.
@@ -103,6 +119,12 @@ pub struct Supervisor {
     reaper_task: Option<Essential>,
     /// The first essential task that died: the app is stopped, no restart.
     failure: Option<Died>,
+    /// This process's writer id in the S3 replica (lease, manifests).
+    writer: String,
+    /// The replica's lease, from the claim until replication starts.
+    fence: Option<crate::replica::fence::Fence>,
+    /// A stop sparkvisor asked of itself and acted on.
+    self_stop: Option<StopReason>,
 }
 
 impl Supervisor {
@@ -138,6 +160,9 @@ impl Supervisor {
             tasks,
             reaper_task,
             failure: None,
+            writer: crate::replica::fence::new_writer_id(),
+            fence: None,
+            self_stop: None,
         })
     }
 
@@ -155,28 +180,44 @@ impl Supervisor {
             s.spark_ui.url = self.ctx.loaded.config.probes.spark_ui.clone();
         });
         shared.beat();
-        if !self.before_first_start().await {
-            shared.update(|s| s.state = Phase::Exited);
-            if self.failure.is_some() {
-                return self.fail_exit(None).await;
-            }
-            info!("stop requested before the app started; exiting");
-            return 0;
-        }
-        let replica =
-            match replica::start(shared.clone(), &self.ctx.loaded.config, &self.tasks).await {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(error = %e, "cannot start checkpoint replication");
-                    return 2;
+        match self.before_first_start().await {
+            Begin::Go => {}
+            Begin::Stopped => {
+                shared.update(|s| s.state = Phase::Exited);
+                if self.failure.is_some() {
+                    return self.fail_exit(None).await;
                 }
-            };
+                info!("stop requested before the app started; exiting");
+                return 0;
+            }
+            Begin::Exit(code) => {
+                self.linger().await;
+                return code;
+            }
+        }
+        let fence = self.fence.take();
+        let replica = match replica::start(
+            shared.clone(),
+            &self.ctx.loaded.config,
+            &self.tasks,
+            fence,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start checkpoint replication");
+                return 2;
+            }
+        };
         let code = self.supervise().await;
         if self.failure.is_some() {
             return self.fail_exit(replica).await;
         }
         if let Some(r) = replica {
-            info!("final checkpoint sync to S3");
+            if self.self_stop.is_none() {
+                info!("final checkpoint sync to S3");
+            }
             r.finish().await;
         }
         if let Some(t) = self.reaper_task.take() {
@@ -217,11 +258,30 @@ impl Supervisor {
         true
     }
 
-    /// Restore from S3 and remote artifacts, retried until done; false when
-    /// a stop was requested meanwhile.
-    async fn before_first_start(&mut self) -> bool {
+    /// The replica's lease, the restore from S3 and remote artifacts,
+    /// retried until done.
+    async fn before_first_start(&mut self) -> Begin {
         let cfg = self.ctx.loaded.config.clone();
         let shared = self.ctx.shared.clone();
+        if cfg.checkpoint.s3.uri.is_some() {
+            shared.update(|s| s.state = Phase::Restoring);
+            let writer = self.writer.clone();
+            let stop_tx = self.ctx.stop_tx.clone();
+            let taken = self
+                .retrying("taking the checkpoint replica's lease", || async {
+                    match replica::take_lease(&shared, &cfg, &writer, &stop_tx).await {
+                        Ok(f) => Ok(Ok(f)),
+                        Err(replica::LeaseError::Exit(code)) => Ok(Err(code)),
+                        Err(replica::LeaseError::Retry(e)) => Err(e),
+                    }
+                })
+                .await;
+            match taken {
+                None => return Begin::Stopped,
+                Some(Err(code)) => return Begin::Exit(code),
+                Some(Ok(f)) => self.fence = f,
+            }
+        }
         if cfg.checkpoint.s3.uri.is_some() && cfg.checkpoint.s3.restore_on_start {
             shared.update(|s| s.state = Phase::Restoring);
             let done = self
@@ -230,7 +290,7 @@ impl Supervisor {
                 })
                 .await;
             if done.is_none() {
-                return false;
+                return Begin::Stopped;
             }
         }
         let remote = |p: &str| p.starts_with("s3://");
@@ -244,8 +304,32 @@ impl Supervisor {
                 .await
             {
                 Some(a) => self.artifacts = a,
-                None => return false,
+                None => return Begin::Stopped,
             }
+        }
+        Begin::Go
+    }
+
+    /// A stop sparkvisor asks of itself: recorded, and true when the app is
+    /// to be stopped (`checkpoint.s3.on_fenced`).
+    fn self_stop_requested(&mut self, reason: StopReason) -> bool {
+        let cfg = &self.ctx.loaded.config;
+        match &reason {
+            StopReason::Fenced(t) => {
+                let pod = crate::replica::fence::identity(self.writer.clone()).pod;
+                replica::write_marker(cfg, pod.as_deref(), &self.writer, t);
+                self.ctx.shared.metrics.s3_fenced.set(1);
+                if cfg.checkpoint.s3.on_fenced == crate::config::OnFenced::KeepRunning {
+                    warn!(
+                        "{reason}; checkpoint.s3.on_fenced = \"keep-running\": the app keeps running without replication"
+                    );
+                    return false;
+                }
+                error!("{reason}; stopping the app (checkpoint.s3.on_fenced = \"stop\")");
+            }
+        }
+        if self.self_stop.is_none() {
+            self.self_stop = Some(reason);
         }
         true
     }
@@ -333,6 +417,9 @@ impl Supervisor {
             if self.failure.is_some() {
                 return EXIT_INTERNAL;
             }
+            if let Some(code) = self.exit_for_self_stop().await {
+                return code;
+            }
             if ended.stop_requested {
                 shared.update(|s| s.state = Phase::Exited);
                 let code = exit::stop_exit_code(ended.term, self.stop_signal);
@@ -393,6 +480,9 @@ impl Supervisor {
             if !self.wait_backoff(delay).await {
                 if self.failure.is_some() {
                     return EXIT_INTERNAL;
+                }
+                if let Some(code) = self.exit_for_self_stop().await {
+                    return code;
                 }
                 shared.update(|s| s.state = Phase::Exited);
                 info!("stop requested during backoff; exiting");
@@ -548,6 +638,20 @@ impl Supervisor {
                     );
                     let _ = child::signal(pid, Signal::SIGQUIT);
                     deadline = Some(tokio::time::Instant::now() + STALL_DUMP_WAIT);
+                }
+                Some(reason) = self.ctx.stops.recv() => {
+                    if !self.self_stop_requested(reason) || stop_requested {
+                        continue;
+                    }
+                    stop_requested = true;
+                    shared.update(|s| s.state = Phase::Stopping);
+                    info!(
+                        sent = %self.stop_signal,
+                        grace_ms = grace.as_millis() as u64,
+                        "graceful stop asked by sparkvisor itself"
+                    );
+                    stop_when_ready = Some(self.graceful_stop(attempt, stalled));
+                    deadline = Some(tokio::time::Instant::now() + grace);
                 }
                 req = self.signals.recv() => match req {
                     Request::Forward(sig) => {
@@ -857,6 +961,20 @@ impl Supervisor {
         }
     }
 
+    /// After the app stopped for a reason of sparkvisor's own: the phase,
+    /// the final state served for `exit_linger`, and the reason's code.
+    async fn exit_for_self_stop(&mut self) -> Option<i32> {
+        let reason = self.self_stop.clone()?;
+        let phase = match reason {
+            StopReason::Fenced(_) => Phase::Fenced,
+        };
+        self.ctx.shared.update(|s| s.state = phase);
+        let code = reason.exit_code();
+        error!(code, "{reason}: the app has stopped; exiting");
+        self.linger().await;
+        Some(code)
+    }
+
     /// Sleeps for the backoff delay; false when a stop was requested.
     async fn wait_backoff(&mut self, delay: Duration) -> bool {
         let shared = self.ctx.shared.clone();
@@ -865,6 +983,11 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
+                Some(reason) = self.ctx.stops.recv() => {
+                    if self.self_stop_requested(reason) {
+                        return false;
+                    }
+                }
                 req = self.signals.recv() => match req {
                     Request::Stop(_) => return false,
                     Request::Failed(d) => {

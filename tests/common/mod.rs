@@ -3,6 +3,8 @@
 //! sparkvisor as a real process.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod moto;
 pub mod proxy;
 pub mod restore;
 pub mod s3;
@@ -393,6 +395,27 @@ impl Running {
     pub fn start_in_netns(netns: &str, config: &Path, port: u16, env: &[(&str, &str)]) -> Running {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns]).arg(bin());
+        Self::start_cmd(cmd, false, config, port, env)
+    }
+
+    /// Starts sparkvisor in a mount namespace of its own in which `disk` is
+    /// bind-mounted at `at`: a pod on another node, with the same paths as
+    /// every other pod (absolute paths recorded in a file sink's log stay
+    /// valid across pods) and its own disk.
+    pub fn start_with_disk(
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        disk: &Path,
+        at: &Path,
+    ) -> Running {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(disk)
+            .arg(at)
+            .arg(bin());
         Self::start_cmd(cmd, false, config, port, env)
     }
 

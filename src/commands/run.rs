@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{self, Overrides};
 use crate::observe::{progress, spark_api};
 use crate::status::Shared;
 use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
-use crate::{Error, Result, attempt, http, jvm, logging, preflight};
+use crate::{Error, Result, attempt, http, jvm, logging, preflight, spark_version};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -57,6 +57,17 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             mode = %loaded.config.spark.mode,
             "sparkvisor starting"
         );
+        let spark_home = &resolved.spark_home.value;
+        let spark = spark_version::detect(spark_home);
+        info!(
+            home = %spark_home.display(),
+            version = spark.as_ref().map(|f| f.version.to_string()),
+            scala = spark.as_ref().and_then(|f| f.scala.clone()),
+            "Spark found"
+        );
+        for warning in spark_version::warnings(spark.as_ref(), spark_home) {
+            warn!("{warning}");
+        }
         // The probes come up before the app and stay up until sparkvisor exits.
         let listener = http::bind(resolved.listen).await.map_err(|e| {
             Error::Config(config::ConfigError::at(

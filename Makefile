@@ -77,9 +77,10 @@ demo: java venv build
 	  exec ./target/release/sparkvisor run --config config/demo.toml
 
 # Everything `make test` does, timed as a whole (installs, build, tests).
+# The virtualenvs install side by side (mostly downloads and unpacking).
 test:
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-all; status=$$?; \
+	$(MAKE) --no-print-directory -j3 venvs && $(MAKE) --no-print-directory test-all; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s in total (installs, build, every test)"; \
 	exit $$status
 

@@ -210,9 +210,20 @@ fn core_path(line: &str) {
         sv.status()
     });
     assert_eq!(code(port, "/ready"), 503, "not ready before Spark answers");
+    // While the SparkContext starts, Spark's UI answers every path with
+    // 200 and a "starting up" page; that is not the REST API answering (the
+    // page comes before the API, never after, so this is free of races).
+    let mut starting_pages = 0;
     wait_for("/ready 200 (Spark's REST API answers)", SLOW, || {
+        if let Some((_, body)) = http("GET", ui, "/api/v1/applications")
+            && body.contains("Spark is starting up")
+        {
+            starting_pages += 1;
+            assert_eq!(code(port, "/ready"), 503, "ready on the starting page");
+        }
         (code(port, "/ready") == 200).then_some(())
     });
+    eprintln!("Spark {line}: the UI showed its starting page {starting_pages} times");
     let log = sv.log_text();
     assert!(log.contains("restored the checkpoint from S3"), "{log}");
     assert!(
@@ -221,15 +232,16 @@ fn core_path(line: &str) {
         "sparkvisor names the Spark it found: {log}"
     );
     assert!(!log.contains("is not a tested line"), "{log}");
-    // Spark's own Prometheus endpoints, from the confs sparkvisor sets.
-    let (c, body) = wait_for("Spark's Prometheus servlet", SLOW, || {
-        http("GET", ui, "/metrics/prometheus").filter(|(c, _)| *c == 200)
-    });
-    assert_eq!(c, 200);
-    assert!(body.contains("metrics_spark_driver_"), "{body}");
-    let (c, body) = http("GET", ui, "/metrics/executors/prometheus").unwrap();
-    assert_eq!(c, 200, "{body}");
-    assert!(body.contains("spark_info"), "{body}");
+    // Spark's own Prometheus endpoints, from the confs sparkvisor sets
+    // (while the UI starts they answer "Spark is starting up").
+    for (path, needle) in [
+        ("/metrics/prometheus", "metrics_spark_driver_"),
+        ("/metrics/executors/prometheus", "spark_info{"),
+    ] {
+        wait_for(&format!("{needle} at {path}"), SLOW, || {
+            http("GET", ui, path).filter(|(c, body)| *c == 200 && body.contains(needle))
+        });
+    }
 
     // The running driver writes its archive after its first commit; the
     // restored query `counts` replays its batch 4 from the fixture.

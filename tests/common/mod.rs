@@ -196,8 +196,15 @@ pub fn spark_lock() -> nix::fcntl::Flock<std::fs::File> {
         .write(true)
         .open(SPARK_LOCK)
         .unwrap_or_else(|e| panic!("open {SPARK_LOCK}: {e}"));
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"))
+    let asked = Instant::now();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"));
+    // A test's time includes this wait; say how long it was.
+    let waited = asked.elapsed();
+    if waited > Duration::from_secs(1) {
+        eprintln!("waited {:.0?} for the Spark lock", waited);
+    }
+    lock
 }
 
 /// A plain `spark-submit` of a PySpark app from `examples/` (not under

@@ -137,6 +137,20 @@ impl Scenario {
     }
 }
 
+/// Polls `f` every 200 ms until it holds (true) or `timeout` passes (false).
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -238,9 +252,16 @@ fn core_path(line: &str) {
         ("/metrics/prometheus", "metrics_spark_driver_"),
         ("/metrics/executors/prometheus", "spark_info{"),
     ] {
-        wait_for(&format!("{needle} at {path}"), SLOW, || {
-            http("GET", ui, path).filter(|(c, body)| *c == 200 && body.contains(needle))
+        let mut last = None;
+        let found = wait_until(SLOW, || {
+            let answer = http("GET", ui, path);
+            let ok = answer
+                .as_ref()
+                .is_some_and(|(c, body)| *c == 200 && body.contains(needle));
+            last = answer;
+            ok
         });
+        assert!(found, "no {needle} at {path}; the last answer: {last:?}");
     }
 
     // The running driver writes its archive after its first commit; the

@@ -66,7 +66,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             "Spark found"
         );
         for warning in spark_version::warnings(spark.as_ref(), spark_home) {
-            warn!("{warning}");
+            warn!(home = %spark_home.display(), "{warning}");
         }
         // The probes come up before the app and stay up until sparkvisor exits.
         let listener = http::bind(resolved.listen).await.map_err(|e| {

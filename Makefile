@@ -1,7 +1,8 @@
 # sparkvisor: `make demo` runs a real streaming job under sparkvisor (probes on
 # :8080); `make test` runs the whole suite. Both install what they need:
-# a Java 17 JDK (apt-get, when `java` or `javac` is missing) and pyspark into
-# ./.venv.
+# a Java 17 JDK (apt-get, when `java` or `javac` is missing) and pyspark from
+# PyPI: the default Spark (the newest supported, 4.3) into ./.venv, and for
+# `make test` each other supported line into its own ./.venv-spark-<line>.
 
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
@@ -10,12 +11,18 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
 SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
+# The other supported Spark lines, one virtualenv each (requirements-spark-<line>.txt).
+SPARK_LINES := 3.5 4.0
+LINE_STAMPS := $(foreach l,$(SPARK_LINES),$(CURDIR)/.venv-spark-$(l)/.installed)
+# No .pyc compilation at install (Python compiles what it imports).
+PIP_INSTALL = -m pip install -q --no-compile --disable-pip-version-check
 
-.PHONY: test demo lint java venv build help s3s-fs agent faketime
+.PHONY: test test-all demo lint java venv venvs build help s3s-fs agent faketime fixtures
 
 help:
-	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
-	@echo "make test   install what is missing, then fmt, clippy and the whole test suite"
+	@echo "make demo      run the example streaming job under sparkvisor (probes on :8080)"
+	@echo "make test      install what is missing, then fmt, clippy and the whole test suite"
+	@echo "make fixtures  regenerate the checkpoint fixtures of every supported Spark (runs Spark)"
 
 # The tests compile the CDS link agent's source (javac) to check its jar.
 java:
@@ -36,11 +43,18 @@ agent: java
 
 $(STAMP): requirements-test.txt
 	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -r requirements-test.txt
+	$(PYTHON) $(PIP_INSTALL) -r requirements-test.txt
+	touch $@
+
+# .venv-spark-<line>: pyspark of that line (and what its tests need), pinned.
+$(CURDIR)/.venv-spark-%/.installed: requirements-spark-%.txt
+	python3 -m venv $(CURDIR)/.venv-spark-$*
+	$(CURDIR)/.venv-spark-$*/bin/python $(PIP_INSTALL) -r requirements-spark-$*.txt
 	touch $@
 
 venv: $(STAMP)
+
+venvs: $(STAMP) $(LINE_STAMPS)
 
 # The S3-compatible server the replication tests start (checks signatures,
 # path-style addressing and multipart part sizes).
@@ -71,11 +85,28 @@ demo: java venv build
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  exec ./target/release/sparkvisor run --config config/demo.toml
 
+# Everything `make test` does, timed as a whole (installs, build, tests).
+# The virtualenvs install side by side (mostly downloads and unpacking).
+test:
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -j3 venvs && $(MAKE) --no-print-directory test-all; status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s in total (installs, build, every test)"; \
+	exit $$status
+
 # `cargo test --all-targets` builds examples as test harnesses only; the
 # tests run the example binaries (checkpoint_sync), so build them first.
 # The test build has the test-only fault injection (tests/faults.rs;
-# src/fault.rs), which release builds never have.
-test: java venv s3s-fs faketime lint
+# src/fault.rs), which release builds never have. The default Spark is
+# SPARK_HOME; the tests find the other lines' venvs.
+test-all: java venvs s3s-fs faketime lint
 	cargo build --examples --features fault-injection
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets --features fault-injection -- --test-threads=2
+
+# The checkpoint fixtures (tests/fixtures/checkpoints/spark-<line>), made by
+# real Spark of each supported line; holds the machine-wide Spark lock.
+fixtures: venvs
+	for v in $(CURDIR)/.venv $(foreach l,$(SPARK_LINES),$(CURDIR)/.venv-spark-$(l)); do \
+	  home=$$($$v/bin/python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'); \
+	  $$v/bin/python tests/fixtures/checkpoints/generate.py --spark-home "$$home" --python $$v/bin/python || exit 1; \
+	done

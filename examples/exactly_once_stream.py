@@ -20,7 +20,10 @@ all of them in state is cheap.
 Done: with F input files and FILES_PER_TRIGGER=k the input is consumed once
 batch ceil(F/k)-1 is committed (a batch re-run after a crash replays the same
 files, so the batch count does not change); with AVAILABLE_NOW=1 the app then
-exits 0. Check the result with exactly_once_verify.py.
+exits 0. Check the result with exactly_once_verify.py, or with VERIFY=1 in
+this JVM: once the input is consumed the app prints `VERDICT {json}` (the
+verifier's report) and still exits 0, so a supervisor does not restart it;
+the line is the result.
 
 Environment:
   SPARKVISOR_CHECKPOINT_DIR  checkpoint root (required); the query uses <root>/dedup
@@ -28,18 +31,23 @@ Environment:
   OUTPUT_DIR                 sink folder (required)
   FILES_PER_TRIGGER          files per micro-batch (default 2)
   AVAILABLE_NOW              "1": process what is there, then exit 0 (default: run forever)
+  VERIFY                     "1" (with AVAILABLE_NOW): check the sink as exactly_once_verify.py does
   SHUFFLE_PARTITIONS         state store partitions, frozen in the checkpoint at the first run (default 4)
 """
 
+import json
 import os
 
 from pyspark.sql import SparkSession
+
+from exactly_once_verify import verify
 
 checkpoint_root = os.environ["SPARKVISOR_CHECKPOINT_DIR"]
 input_dir = os.environ["INPUT_DIR"]
 output_dir = os.environ["OUTPUT_DIR"]
 files_per_trigger = int(os.environ.get("FILES_PER_TRIGGER", "2"))
 available_now = os.environ.get("AVAILABLE_NOW", "") == "1"
+check = os.environ.get("VERIFY", "") == "1"
 shuffle_partitions = os.environ.get("SHUFFLE_PARTITIONS", "4")
 
 spark = (
@@ -65,3 +73,5 @@ writer = (
 writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="1 second")
 query = writer.start()
 query.awaitTermination()
+if available_now and check:
+    print("VERDICT " + json.dumps(verify(spark, input_dir, output_dir)), flush=True)

@@ -26,6 +26,7 @@ pub mod redact;
 pub mod replica;
 pub mod s3;
 pub mod sizing;
+pub mod spark_version;
 pub mod status;
 pub mod stop;
 pub mod submit;

@@ -1,10 +1,10 @@
 //! Warm restarts with real Spark: sparkvisor has the running driver write
 //! a class-data-sharing archive, a restarted driver maps it (the JVM's own
 //! CDS log says so), a damaged or rejected archive never stops the app and
-//! is rebuilt, a new jar set gets a new key, a stop while the driver
-//! writes its archive waits for it (the JVM must not begin its shutdown
-//! then), and with attaching ruled out the archive written at a graceful
-//! stop serves the next start.
+//! is rebuilt, a new jar set gets a new key (and a stop while that
+//! driver writes its archive waits for it: the JVM must not begin its
+//! shutdown then), and with attaching ruled out the archive written at a
+//! graceful stop serves the next start.
 
 mod common;
 
@@ -347,9 +347,30 @@ fn a_rejected_archive_never_stops_the_app_and_a_new_jar_set_gets_a_new_key() {
         !archive1.exists(),
         "one archive per directory: the old key's is gone"
     );
-    wait_dump(&sv, 1);
-    assert!(archive2.exists());
-    stop(sv);
+    // A stop while the driver writes its archive waits for it (the JVM
+    // must not begin its shutdown then), and the archive is there after.
+    sv.wait_status("the driver to link or dump", DUMP, |st| {
+        let dump = &jvm(st)["attempt"]["dump"];
+        dump == "linking" || dump == "dumping"
+    });
+    let log = stop(sv);
+    assert!(
+        log.contains("stopping it once that is done"),
+        "the stop waited for the dump:\n{log}"
+    );
+    assert!(
+        !log.contains("A fatal error has been detected"),
+        "the JVM crashed:\n{log}"
+    );
+    assert!(log.contains("class=\"stopped\""), "{log}");
+    assert!(archive2.exists(), "the archive was written");
+    let archives: Vec<_> = std::fs::read_dir(archive2.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsa"))
+        .collect();
+    assert_eq!(archives.len(), 1, "one archive: {archives:?}");
 }
 
 #[test]
@@ -390,32 +411,4 @@ fn with_attaching_ruled_out_the_archive_written_at_a_graceful_stop_serves_the_ne
         (last_commit(&s.query())? > before).then_some(())
     });
     stop(sv);
-}
-
-#[test]
-fn a_stop_while_the_driver_writes_its_archive_waits_for_it() {
-    let _spark = spark_lock();
-    let s = Setup::new("");
-    let sv = s.start();
-    sv.wait_status("the driver to link or dump", DUMP, |st| {
-        let dump = &jvm(st)["attempt"]["dump"];
-        dump == "linking" || dump == "dumping"
-    });
-    let log = stop(sv);
-    assert!(
-        log.contains("stopping it once that is done"),
-        "the stop waited for the dump:\n{log}"
-    );
-    assert!(
-        !log.contains("A fatal error has been detected"),
-        "the JVM crashed:\n{log}"
-    );
-    assert!(log.contains("class=\"stopped\""), "{log}");
-    let archives: Vec<_> = std::fs::read_dir(s.dir.path().join("data/jvm-archive"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".jsa"))
-        .collect();
-    assert_eq!(archives.len(), 1, "the archive was written: {archives:?}");
 }

@@ -301,55 +301,45 @@ fn exactly_once_app_writes_every_id_once_on_a_clean_run() {
         "dropDuplicates keeps state"
     );
 
-    let mut verify = SparkSubmit::start_with_args(
-        "exactly_once_verify.py",
-        &[input.to_str().unwrap(), output.to_str().unwrap()],
-        &[],
-        &tmp.path().join("verify.log"),
-    );
-    let status = verify.wait(Duration::from_secs(600));
-    let log = std::fs::read_to_string(&verify.log).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.starts_with("{\"expected\""))
-        .unwrap_or_else(|| {
-            panic!(
-                "no verdict in the verifier's output:\n{}",
-                verify.log_tail(40)
-            )
-        });
-    let verdict: Value = serde_json::from_str(line).unwrap();
-    assert!(status.success(), "{verdict}");
-    assert_eq!(verdict["ok"], true, "{verdict}");
-    assert_eq!(verdict["expected"], 300, "{verdict}");
-    assert_eq!(verdict["rows"], 300, "{verdict}");
-    assert_eq!(verdict["distinct"], 300, "{verdict}");
-    drop(verify);
-
-    // The verifier does notice a lost id: an input id absent from the sink.
+    // One verifier JVM checks two inputs against the sink: the real one,
+    // and one with an id the sink does not have, which it must notice.
+    let lost = tmp.path().join("input-with-a-lost-id");
+    copy_tree(&input, &lost);
     std::fs::write(
-        input.join("part-99999.json"),
+        lost.join("part-99999.json"),
         "{\"id\": 100000, \"file\": 99999}\n",
     )
     .unwrap();
     let mut verify = SparkSubmit::start_with_args(
         "exactly_once_verify.py",
-        &[input.to_str().unwrap(), output.to_str().unwrap()],
+        &[
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            lost.to_str().unwrap(),
+            output.to_str().unwrap(),
+        ],
         &[],
-        &tmp.path().join("verify-missing.log"),
+        &tmp.path().join("verify.log"),
     );
     let status = verify.wait(Duration::from_secs(600));
     let log = std::fs::read_to_string(&verify.log).unwrap();
-    let line = log
+    let verdicts: Vec<Value> = log
         .lines()
-        .find(|l| l.starts_with("{\"expected\""))
-        .unwrap_or_else(|| {
-            panic!(
-                "no verdict in the verifier's output:\n{}",
-                verify.log_tail(40)
-            )
-        });
-    let verdict: Value = serde_json::from_str(line).unwrap();
+        .filter(|l| l.starts_with("{\"expected\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        2,
+        "one verdict per pair:\n{}",
+        verify.log_tail(40)
+    );
+    let verdict = &verdicts[0];
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["expected"], 300, "{verdict}");
+    assert_eq!(verdict["rows"], 300, "{verdict}");
+    assert_eq!(verdict["distinct"], 300, "{verdict}");
+    let verdict = &verdicts[1];
     assert_eq!(status.code(), Some(1), "{verdict}");
     assert_eq!(verdict["ok"], false, "{verdict}");
     assert_eq!(verdict["missing"], serde_json::json!([100000]), "{verdict}");

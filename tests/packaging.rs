@@ -177,6 +177,20 @@ fn binary_from_the_builder_lands_on_the_path_with_the_config() {
         runtime_image.contains(&format!(":{pyspark}-")),
         "{runtime_image} vs pyspark {pyspark}"
     );
+    // Java 17, the JVM every supported Spark is tested on.
+    assert!(runtime_image.contains("-java17-"), "{runtime_image}");
+    // The chart says which Spark its default image carries.
+    let chart = std::fs::read_to_string(repo().join("charts/sparkvisor/Chart.yaml")).unwrap();
+    assert!(
+        chart.contains(&format!("sparkvisor/spark-version: \"{pyspark}\"")),
+        "Chart.yaml's spark-version annotation vs pyspark {pyspark}"
+    );
+    // The default is the newest tested line.
+    let (major, minor) = sparkvisor::spark_version::NEWEST_TESTED;
+    assert!(
+        pyspark.starts_with(&format!("{major}.{minor}.")),
+        "pyspark {pyspark} vs the newest tested line {major}.{minor}"
+    );
 
     let last = final_stage(&ins);
     let from_builder = ins

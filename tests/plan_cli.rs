@@ -449,3 +449,81 @@ fn documented_config_loads_and_matches_defaults() {
         );
     }
 }
+
+#[test]
+fn plan_names_the_spark_it_found_and_warns_on_an_untested_one() {
+    let s = Setup::new();
+    // Every supported line's wheel, as installed by `make test`.
+    for line in SPARK_LINES {
+        let spark = spark(line);
+        let cfg = write(
+            s.dir.path(),
+            &format!("sv-{line}.toml"),
+            &format!(
+                "[spark]\nhome = {:?}\napp = {:?}\n",
+                spark.home.display().to_string(),
+                s.app()
+            ),
+        );
+        let cfg = cfg.display().to_string();
+        let doc = s.plan_json(&["--config", &cfg], &[]);
+        let j = &doc["spark"];
+        assert_eq!(j["version"], spark.version.as_str(), "{j}");
+        assert_eq!(j["tested"], true, "{j}");
+        assert_eq!(j["warnings"], serde_json::json!([]), "{j}");
+        let scala = if line == "3.5" { "2.12" } else { "2.13" };
+        assert_eq!(j["scala"], scala, "{j}");
+        assert!(
+            j["found_in"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("spark-core_{scala}-{}.jar", spark.version)),
+            "{j}"
+        );
+        let out = sparkvisor(&["plan", "--config", &cfg], &[]);
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("version        {} (Scala {scala})", spark.version)),
+            "{text}"
+        );
+        assert!(!text.contains("warning: Spark"), "{text}");
+    }
+
+    // A Spark of an untested line (its jars say 4.2.1), with a stale RELEASE.
+    let home = script_spark_home(s.dir.path(), "#!/bin/sh\nexit 0\n");
+    std::fs::create_dir_all(home.join("jars")).unwrap();
+    std::fs::write(home.join("jars/spark-core_2.13-4.2.1.jar"), b"").unwrap();
+    std::fs::write(home.join("RELEASE"), "Spark 4.0.1 built for Hadoop 3.4.1\n").unwrap();
+    let cfg = write(
+        s.dir.path(),
+        "sv-untested.toml",
+        &format!(
+            "[spark]\nhome = {:?}\napp = {:?}\n",
+            home.display().to_string(),
+            s.app()
+        ),
+    );
+    let cfg = cfg.display().to_string();
+    let doc = s.plan_json(&["--config", &cfg], &[]);
+    assert_eq!(doc["spark"]["version"], "4.2.1");
+    assert_eq!(doc["spark"]["tested"], false);
+    let out = sparkvisor(&["plan", "--config", &cfg], &[]);
+    assert!(
+        out.status.success(),
+        "an untested Spark is a warning, not an error"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning: Spark 4.2.1 is not a tested line (3.5, 4.0, 4.3)"),
+        "{text}"
+    );
+    assert!(text.contains("RELEASE says 4.0.1"), "{text}");
+
+    // Nothing to tell the version by.
+    std::fs::remove_file(home.join("jars/spark-core_2.13-4.2.1.jar")).unwrap();
+    std::fs::remove_file(home.join("RELEASE")).unwrap();
+    let out = sparkvisor(&["plan", "--config", &cfg], &[]);
+    let text = stdout(&out);
+    assert!(text.contains("version        unknown"), "{text}");
+    assert!(text.contains("warning: cannot tell which Spark"), "{text}");
+}

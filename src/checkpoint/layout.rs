@@ -332,7 +332,8 @@ fn read_metadata(path: &Path) -> MetadataState {
 pub enum TreeFinding {
     /// A temp file of an interrupted write (anywhere in the query folder).
     Temp(PathBuf),
-    /// A zero-length data file under `sources/` or `state/`.
+    /// A zero-length data file under `sources/` or `state/` (other folders,
+    /// such as a sink's output kept in the query folder, are not judged).
     Empty(PathBuf),
     /// A folder that could not be listed.
     Unreadable(PathBuf, String),
@@ -390,8 +391,9 @@ pub fn scan_query_beating(query: &QueryDir, depth: Depth, beat: &Beat) -> QueryS
 /// Walks the query folder except the two logs (listed separately), without
 /// following symlinks.
 fn walk_tree(dir: &Path, out: &mut Vec<TreeFinding>, beat: &Beat) {
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    while let Some((d, depth)) = stack.pop() {
+    // (folder, depth below the query, under `sources/` or `state/`)
+    let mut stack = vec![(dir.to_path_buf(), 0usize, false)];
+    while let Some((d, depth, data)) = stack.pop() {
         beat.worked();
         let rd = match fs::read_dir(&d) {
             Ok(rd) => rd,
@@ -406,12 +408,13 @@ fn walk_tree(dir: &Path, out: &mut Vec<TreeFinding>, beat: &Beat) {
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
                 if !(depth == 0 && (name == OFFSETS || name == COMMITS)) {
-                    stack.push((path, depth + 1));
+                    let data = data || (depth == 0 && (name == SOURCES || name == STATE));
+                    stack.push((path, depth + 1, data));
                 }
             } else if ft.is_file() {
                 if logfile::is_temp_name(&name) {
                     out.push(TreeFinding::Temp(path));
-                } else if depth > 0
+                } else if data
                     && !name.ends_with(".crc")
                     && entry.metadata().is_ok_and(|m| m.len() == 0)
                 {
@@ -659,6 +662,8 @@ mod tests {
         let empty = q.join("state/0/1/2.delta");
         put(&empty, b"");
         put(&q.join("state/0/1/.2.delta.crc"), b"");
+        // A sink inside the query folder: its empty `_SUCCESS` is no finding.
+        put(&q.join("output/batch=1/_SUCCESS"), b"");
 
         let scan = scan_query(
             &QueryDir {

@@ -2,6 +2,14 @@
 //! names and bytes: the `v<N>` metadata logs (`offsets/N`, `commits/N`), the
 //! query `metadata` file, checksum (`.N.crc`) and temp file names.
 //!
+//! Versions: `offsets/N` is `v1` (one line per source, in source order)
+//! in every Spark; Spark 4.1+ can write `v2` (lines `<source id>:<offset>`,
+//! with `spark.sql.streaming.offsetLog.formatVersion = 2`). `commits/N` is
+//! `v1`, or `v2` with the state stores' unique ids
+//! (`{"nextBatchWatermarkMs":0,"stateUniqueIds":{…}}`) under state
+//! checkpoint format v2 (Spark 4.0+). A log version above those is a
+//! newer Spark's: its body is not judged.
+//!
 //! Invariants: nothing here touches the file system; every input is
 //! untrusted (a crash can leave empty, zero-filled or cut files) and bad
 //! input is an `Err(Malformed)`, never a panic. A file is malformed exactly
@@ -99,11 +107,18 @@ pub enum Malformed {
     MissingMetadata,
     #[error("no source offsets after the batch metadata")]
     NoSourceOffsets,
+    #[error("line {line} ({text:?}) is not `<source id>:<offset>` (offset log v2)")]
+    BadSourceLine { line: usize, text: String },
     #[error("line {line} is not valid JSON: {error}")]
     BadJson { line: usize, error: String },
     #[error("no string \"id\" in the query metadata")]
     MissingId,
 }
+
+/// The newest `offsets/N` version whose source lines are known.
+pub const OFFSETS_MAX_KNOWN: u32 = 2;
+/// The newest `commits/N` version known.
+pub const COMMITS_MAX_KNOWN: u32 = 2;
 
 /// The parsed content of `offsets/N`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,12 +172,25 @@ fn json(line: &str, number: usize) -> Result<Value, Malformed> {
 }
 
 /// Parses `offsets/N`: `v1`, a JSON line of batch metadata (empty in very
-/// old checkpoints), then one line per source: JSON, or `-` for none.
+/// old checkpoints), then one line per source: JSON, or `-` for none. In
+/// `v2` the metadata is required and each source line is
+/// `<source id>:<offset>`. Later versions: only the version line is read.
 pub fn parse_offsets(bytes: &[u8]) -> Result<OffsetsEntry, Malformed> {
     let lines = lines(bytes)?;
     let version = version(lines[0])?;
+    if version > OFFSETS_MAX_KNOWN {
+        return Ok(OffsetsEntry {
+            version,
+            batch_timestamp_ms: None,
+            batch_watermark_ms: None,
+            sources: lines.len().saturating_sub(2),
+        });
+    }
     let meta = lines.get(1).ok_or(Malformed::MissingMetadata)?;
     let meta = if meta.trim().is_empty() {
+        if version >= 2 {
+            return Err(Malformed::MissingMetadata);
+        }
         Value::Null
     } else {
         json(meta, 2)?
@@ -172,8 +200,21 @@ pub fn parse_offsets(bytes: &[u8]) -> Result<OffsetsEntry, Malformed> {
         return Err(Malformed::NoSourceOffsets);
     }
     for (i, line) in sources.iter().enumerate() {
-        if line.trim() != "-" {
-            json(line, i + 3)?;
+        let offset = if version >= 2 {
+            match line.split_once(':') {
+                Some((_, offset)) => offset,
+                None => {
+                    return Err(Malformed::BadSourceLine {
+                        line: i + 3,
+                        text: line.chars().take(40).collect(),
+                    });
+                }
+            }
+        } else {
+            line
+        };
+        if offset.trim() != "-" {
+            json(offset, i + 3)?;
         }
     }
     Ok(OffsetsEntry {
@@ -184,10 +225,44 @@ pub fn parse_offsets(bytes: &[u8]) -> Result<OffsetsEntry, Malformed> {
     })
 }
 
+/// The source offsets of an `offsets/N` text, keyed as `sources/` names
+/// them: by position in `v1` (`"0"`, `"1"`, …), by the id before the colon
+/// in `v2`. `-` (no offset yet) is `None`. Unparsable text gives what could
+/// be read; a later version gives nothing.
+pub fn source_offsets(text: &str) -> Vec<(String, Option<&str>)> {
+    let mut lines = text.lines();
+    let Some(Ok(version)) = lines.next().map(version) else {
+        return Vec::new();
+    };
+    if version > OFFSETS_MAX_KNOWN {
+        return Vec::new();
+    }
+    lines
+        .skip(1)
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (key, offset) = if version >= 2 {
+                let (k, o) = line.split_once(':')?;
+                (k.to_string(), o)
+            } else {
+                (i.to_string(), line)
+            };
+            let offset = offset.trim();
+            Some((key, (offset != "-").then_some(offset)))
+        })
+        .collect()
+}
+
 /// Parses `commits/N`: `v1` (or later), then an optional JSON line.
 pub fn parse_commit(bytes: &[u8]) -> Result<CommitEntry, Malformed> {
     let lines = lines(bytes)?;
     let version = version(lines[0])?;
+    if version > COMMITS_MAX_KNOWN {
+        return Ok(CommitEntry {
+            version,
+            next_batch_watermark_ms: None,
+        });
+    }
     let meta = match lines.get(1) {
         Some(l) if !l.trim().is_empty() => json(l, 2)?,
         _ => Value::Null,
@@ -313,10 +388,58 @@ mod tests {
         );
     }
 
+    // Spark 4.3.0 with spark.sql.streaming.offsetLog.formatVersion = 2 and
+    // state checkpoint format v2 (conf shortened).
+    const OFFSETS_V2: &str = "v2\n{\"batchWatermarkMs\":0,\"batchTimestampMs\":1796121960997,\"conf\":{\"spark.sql.shuffle.partitions\":\"2\"},\"sourceMetadataInfo\":{}}\n0:{\"logOffset\":1}";
+    const COMMIT_V2: &str = "v2\n{\"nextBatchWatermarkMs\":0,\"stateUniqueIds\":{\"0\":[[\"62a4188f-8be9-40d5-9ee9-9a9cf616d875\"],[\"62556cdd-db27-4b5f-a33d-321de3499252\"]]}}";
+
+    #[test]
+    fn offset_log_v2_and_commit_log_v2() {
+        let o = parse_offsets(OFFSETS_V2.as_bytes()).unwrap();
+        assert_eq!((o.version, o.sources), (2, 1));
+        assert_eq!(o.batch_timestamp_ms, Some(1796121960997));
+        let c = parse_commit(COMMIT_V2.as_bytes()).unwrap();
+        assert_eq!((c.version, c.next_batch_watermark_ms), (2, Some(0)));
+        // Named sources and a source without an offset.
+        let o = parse_offsets(b"v2\n{\"batchWatermarkMs\":0}\nclicks:{\"logOffset\":4}\nviews:-")
+            .unwrap();
+        assert_eq!(o.sources, 2);
+        // A line without a source id, v2 without metadata, a cut offset.
+        assert!(matches!(
+            parse_offsets(b"v2\n{}\n17"),
+            Err(Malformed::BadSourceLine { line: 3, .. })
+        ));
+        assert_eq!(
+            parse_offsets(b"v2\n\n0:{\"logOffset\":1}"),
+            Err(Malformed::MissingMetadata)
+        );
+        let cut = &OFFSETS_V2.as_bytes()[..OFFSETS_V2.len() - 2];
+        assert!(matches!(
+            parse_offsets(cut),
+            Err(Malformed::BadJson { line: 3, .. })
+        ));
+        assert_eq!(
+            source_offsets(OFFSETS_V2),
+            vec![("0".to_string(), Some("{\"logOffset\":1}"))]
+        );
+        assert_eq!(
+            source_offsets("v1\n{}\n{\"logOffset\":7}\n42\n-\n"),
+            vec![
+                ("0".to_string(), Some("{\"logOffset\":7}")),
+                ("1".to_string(), Some("42")),
+                ("2".to_string(), None)
+            ]
+        );
+        assert!(source_offsets("v9\n{}\nwhatever").is_empty());
+        assert!(source_offsets("").is_empty());
+    }
+
     #[test]
     fn newer_versions_are_not_torn() {
         assert_eq!(parse_commit(b"v2\n{}").unwrap().version, 2);
+        assert_eq!(parse_commit(b"v3\nnot json").unwrap().version, 3);
         assert_eq!(parse_offsets(b"v7\n{}\n1").unwrap().version, 7);
+        assert_eq!(parse_offsets(b"v7\nnot json").unwrap().version, 7);
         assert!(matches!(
             parse_commit(b"v0\n{}"),
             Err(Malformed::BadVersion(_))

@@ -7,6 +7,7 @@ use crate::Result;
 use crate::config::units::format_size;
 use crate::config::{self, Overrides};
 use crate::jvm::{self, ArchiveView};
+use crate::spark_version;
 use crate::submit::{self, LaunchOptions, LaunchPlan, SystemView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
     let prepared = submit::prepare(&loaded, &resolved, &system)?;
     let cds = jvm::Setup::detect(&loaded, &resolved, &prepared);
     let (cds_flags, archive) = cds.first_attempt();
+    let spark_home = &resolved.spark_home.value;
+    let spark = spark_version::detect(spark_home);
     let plan = submit::build(
         &loaded,
         &resolved,
@@ -42,6 +45,7 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
             j["first_attempt_options"] = serde_json::json!(cds_flags);
             j["archive_state"] = serde_json::json!(archive_text(&archive));
             doc["jvm"] = j;
+            doc["spark"] = spark_version::to_json(spark.as_ref(), spark_home);
             doc["config_file"] = serde_json::json!(loaded.file);
             let mut s = serde_json::to_string_pretty(&doc)
                 .map_err(|e| crate::Error::Internal(e.to_string()))?;
@@ -50,6 +54,7 @@ pub fn plan(overrides: &Overrides, format: OutputFormat) -> Result<String> {
         }
         OutputFormat::Text => {
             let mut out = render_text(&plan, loaded.file.as_deref());
+            render_spark(&mut out, spark.as_ref(), spark_home);
             render_cds(&mut out, &cds, &cds_flags, &archive);
             out
         }
@@ -62,6 +67,18 @@ fn archive_text(a: &ArchiveView) -> String {
         ArchiveView::Missing => "none yet".into(),
         ArchiveView::Ready { bytes } => format!("present, {}", format_size(*bytes)),
         ArchiveView::Invalid(why) => format!("invalid ({why}); it will be discarded"),
+    }
+}
+
+/// The Spark section: which Spark is at SPARK_HOME, and warnings.
+fn render_spark(w: &mut String, found: Option<&spark_version::Found>, home: &std::path::Path) {
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Spark");
+    let _ = writeln!(w, "  home           {}", home.display());
+    let version = found.map_or_else(|| "unknown".to_string(), spark_version::describe);
+    let _ = writeln!(w, "  version        {version}");
+    for warning in spark_version::warnings(found, home) {
+        let _ = writeln!(w, "warning: {warning}");
     }
 }
 

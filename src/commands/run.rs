@@ -28,7 +28,7 @@ use crate::submit::{self, LaunchOptions, Prepared, SystemView};
 use crate::supervisor::signals::{Request, Signals};
 use crate::supervisor::{RunContext, Supervisor, child};
 use crate::tasks::{CatchUnwind, EXIT_INTERNAL, Tasks, panic_reason};
-use crate::{Error, Result, attempt, http, jvm, logging, preflight, stop};
+use crate::{Error, Result, attempt, http, jvm, logging, preflight, spark_version, stop};
 
 /// Runs until the app is stopped or ends for good; returns the exit code.
 pub fn run(overrides: &Overrides) -> Result<i32> {
@@ -205,6 +205,7 @@ type Prepare = (Loaded, Resolved, SystemView, Prepared, jvm::Cds);
 /// seconds for ports a dying process still holds), sizing, the plan, the
 /// driver's JVM (`java -version`) and the CDS archive (verified by hash).
 fn prepare(loaded: Loaded, resolved: Resolved) -> Result<Prepare> {
+    log_spark_version(&resolved.spark_home.value);
     preflight::check(&loaded, &resolved)?;
     let system = SystemView::detect()?;
     let prepared = submit::prepare(&loaded, &resolved, &system)?;
@@ -224,6 +225,20 @@ fn prepare(loaded: Loaded, resolved: Resolved) -> Result<Prepare> {
         loaded.config.checkpoint.dir.clone(),
     );
     Ok((loaded, resolved, system, prepared, cds))
+}
+
+/// Which Spark runs, and a warning when it is not a tested line.
+fn log_spark_version(spark_home: &std::path::Path) {
+    let spark = spark_version::detect(spark_home);
+    info!(
+        home = %spark_home.display(),
+        version = spark.as_ref().map(|f| f.version.to_string()),
+        scala = spark.as_ref().and_then(|f| f.scala.clone()),
+        "Spark found"
+    );
+    for warning in spark_version::warnings(spark.as_ref(), spark_home) {
+        warn!(home = %spark_home.display(), "{warning}");
+    }
 }
 
 /// `spark.app_args` go on the command line, which every process in the

@@ -70,8 +70,10 @@ pub async fn poll(
             )
             .await
         {
-            Ok(a) if a.status == 200 => (true, None, first_app_id(&a.body)),
-            Ok(a) => (false, Some(format!("HTTP {}", a.status)), None),
+            Ok(a) => match judge(a.status, &a.body) {
+                Ok(app_id) => (true, None, app_id),
+                Err(why) => (false, Some(why), None),
+            },
             Err(HttpError::Timeout(_)) => (
                 false,
                 Some(format!("no answer within {}s", SPARK_TIMEOUT.as_secs())),
@@ -114,9 +116,26 @@ pub async fn poll(
     }
 }
 
-/// The id of the first application in `/api/v1/applications`.
-fn first_app_id(body: &str) -> Option<String> {
-    let apps: serde_json::Value = serde_json::from_str(body).ok()?;
+/// Whether an answer of `/api/v1/applications` means the API is up: a 200
+/// whose body is the list of applications (the first one's id, if any).
+/// While the SparkContext starts, Spark's UI (3.4 and later) answers every
+/// path with 200 and the page "Spark is starting up. Please wait a while
+/// until it's ready." — the API is not up then.
+fn judge(status: u16, body: &str) -> Result<Option<String>, String> {
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(apps @ serde_json::Value::Array(_)) => Ok(first_app_id(&apps)),
+        _ => {
+            let text: String = body.trim().chars().take(80).collect();
+            Err(format!("not the list of applications yet: {text:?}"))
+        }
+    }
+}
+
+/// The id of the first application in the list.
+fn first_app_id(apps: &serde_json::Value) -> Option<String> {
     apps.get(0)?.get("id")?.as_str().map(str::to_string)
 }
 
@@ -127,8 +146,18 @@ mod tests {
     #[test]
     fn app_ids() {
         let body = r#"[ {"id" : "local-1795218955", "name" : "rate-stream", "attempts" : []} ]"#;
-        assert_eq!(first_app_id(body).as_deref(), Some("local-1795218955"));
-        assert_eq!(first_app_id("[]"), None);
-        assert_eq!(first_app_id("<html>"), None);
+        assert_eq!(judge(200, body), Ok(Some("local-1795218955".into())));
+        assert_eq!(judge(200, "[]"), Ok(None));
+    }
+
+    #[test]
+    fn the_starting_page_and_errors_are_not_up() {
+        // What Spark 3.5.9 answered on /api/v1/applications while starting.
+        let starting = "Spark is starting up. Please wait a while until it's ready.";
+        let why = judge(200, starting).unwrap_err();
+        assert!(why.contains("Spark is starting up"), "{why}");
+        assert!(judge(200, "<html>").is_err());
+        assert!(judge(200, "{\"id\": 1}").is_err());
+        assert_eq!(judge(503, "[]"), Err("HTTP 503".into()));
     }
 }

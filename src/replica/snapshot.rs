@@ -7,7 +7,8 @@
 //!
 //! - `metadata` and other non-batch files: always;
 //! - `sources/<i>/<n>` (and `<n>.compact`) of a source that records a log
-//!   offset in `offsets/` (the file source's `{"logOffset": n}`): only up to
+//!   offset in `offsets/` (the file source's `{"logOffset": n}`; `<i>` is
+//!   the source's position in offset log v1, its id in v2): only up to
 //!   the offset in the newest kept `offsets/` entry ([`trim_sources`]);
 //!   other `sources/**` files always. Entries beyond it belong to batches
 //!   the copy does not hold; kept, they would make a restored query plan
@@ -17,10 +18,18 @@
 //!   is kept planned, exactly as Spark left it: on restart Spark replays it
 //!   with the same offsets, which sinks that are idempotent per batch id
 //!   rely on);
-//! - `state/<op>/<part>/<V>.{delta,snapshot,zip,changelog}` (also
-//!   `<V>_<id>.zip|changelog`) for V ≤ N + 1: batch N commits state version
-//!   N + 1, so later versions belong to the batch in flight and are left out;
-//!   other state files (`_metadata/…`, RocksDB `SSTs/…`) always;
+//! - `state/<op>/<part>/[<store>/]<V>.{delta,snapshot,zip,changelog}`
+//!   (also `<V>_<id>.zip|changelog` of state checkpoint format v2, Spark
+//!   4.0+, and their `<file>.crc` file checksums, Spark 4.1+) for V ≤ N + 1:
+//!   batch N commits state version N + 1, so later versions belong to the
+//!   batch in flight and are left out;
+//! - transformWithState's operator metadata `state/<op>/_metadata/v2/<K>`
+//!   and state schemas `state/<op>/_stateSchema/<family>/<K>_<id>` (Spark
+//!   4.0+) for K ≤ N + 1: each is written by batch K (the first of a run),
+//!   and Spark reads the newest at or below the batch it runs, so one from
+//!   a batch the copy does not hold must not come back with it;
+//! - other state files (`_metadata/metadata`, `_metadata/schema`, RocksDB
+//!   `SSTs/…`) always;
 //! - a file sink's commit log inside the query folder
 //!   (`<sink>/_spark_metadata/<n>`, `<n>.compact`) for n ≤ N: the sink's
 //!   batch n is the query's batch n, so sink and checkpoint are restored at
@@ -42,6 +51,7 @@ use std::time::UNIX_EPOCH;
 
 pub use super::manifest::OWN_PREFIX;
 use super::manifest::QueryEntry;
+use crate::checkpoint::logfile;
 
 /// A regular file under the checkpoint root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +134,8 @@ enum Kind {
     Offsets(u64),
     Commit(u64),
     State(u64),
+    /// transformWithState's operator metadata or state schema of batch K.
+    StateMeta(u64),
     /// `…/_spark_metadata/<n>` of a file sink inside the query folder.
     SinkLog(u64),
     Skip,
@@ -147,8 +159,10 @@ fn batch_number(name: &str) -> Option<u64> {
     name.parse().ok()
 }
 
-/// `12.delta`, `12.snapshot`, `12.zip`, `12.changelog`, `12_<id>.zip` → 12.
+/// `12.delta`, `12.snapshot`, `12.zip`, `12.changelog`, `12_<id>.zip`,
+/// and a file checksum `12_<id>.changelog.crc` (Spark 4.1+) → 12.
 fn state_version(name: &str) -> Option<u64> {
+    let name = name.strip_suffix(".crc").unwrap_or(name);
     let (stem, ext) = name.rsplit_once('.')?;
     if !matches!(ext, "delta" | "snapshot" | "zip" | "changelog") {
         return None;
@@ -170,7 +184,16 @@ fn classify(rel: &str) -> Kind {
     match dirs {
         ["offsets"] => batch_number(name).map_or(Kind::Skip, Kind::Offsets),
         ["commits"] => batch_number(name).map_or(Kind::Skip, Kind::Commit),
-        ["state", _op, _part] => state_version(name).map_or(Kind::Always, Kind::State),
+        ["state", _op, "_metadata", "v2"] => {
+            batch_number(name).map_or(Kind::Always, Kind::StateMeta)
+        }
+        ["state", _op, "_stateSchema", _family] => name
+            .split_once('_')
+            .and_then(|(k, _)| batch_number(k))
+            .map_or(Kind::Always, Kind::StateMeta),
+        ["state", _op, part, ..] if batch_number(part).is_some() => {
+            state_version(name).map_or(Kind::Always, Kind::State)
+        }
         [.., "_spark_metadata"] => batch_number(name.strip_suffix(".compact").unwrap_or(name))
             .map_or(Kind::Always, Kind::SinkLog),
         _ => Kind::Always,
@@ -268,9 +291,10 @@ pub fn commit_caps(root: &Path) -> io::Result<BTreeMap<String, u64>> {
     Ok(caps)
 }
 
-/// Per query and source index: the source's log offset in the newest kept
-/// `offsets/` entry, for sources that record one (`{"logOffset": n}`).
-pub type SourceCaps = BTreeMap<(String, usize), u64>;
+/// Per query and source (its folder name under `sources/`): the source's
+/// log offset in the newest kept `offsets/` entry, for sources that record
+/// one (`{"logOffset": n}`).
+pub type SourceCaps = BTreeMap<(String, String), u64>;
 
 /// Reads the newest kept `offsets/` entry of each query of `sel`.
 pub fn source_caps(root: &Path, sel: &Selection) -> SourceCaps {
@@ -294,15 +318,14 @@ pub fn source_caps(root: &Path, sel: &Selection) -> SourceCaps {
     caps
 }
 
-/// `(source index, logOffset)` from an `offsets/N` file: line 1 is the
-/// version, line 2 the batch metadata, then one line per source.
-pub fn parse_log_offsets(text: &str) -> Vec<(usize, u64)> {
-    text.lines()
-        .skip(2)
-        .enumerate()
-        .filter_map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-            Some((i, v.get("logOffset")?.as_u64()?))
+/// `(source folder, logOffset)` from an `offsets/N` file (offset log v1:
+/// the source's position; v2: its id).
+pub fn parse_log_offsets(text: &str) -> Vec<(String, u64)> {
+    logfile::source_offsets(text)
+        .into_iter()
+        .filter_map(|(key, offset)| {
+            let v: serde_json::Value = serde_json::from_str(offset?).ok()?;
+            Some((key, v.get("logOffset")?.as_u64()?))
         })
         .collect()
 }
@@ -318,10 +341,8 @@ pub fn trim_sources(sel: &mut Selection, caps: &SourceCaps) {
         let ["sources", idx, file] = parts.as_slice() else {
             return true;
         };
-        let (Ok(idx), name) = (idx.parse::<usize>(), crc_target(file).unwrap_or(file)) else {
-            return true;
-        };
-        let Some(cap) = caps.get(&(q.to_string(), idx)) else {
+        let name = crc_target(file).unwrap_or(file);
+        let Some(cap) = caps.get(&(q.to_string(), idx.to_string())) else {
             return true;
         };
         let n = batch_number(name.strip_suffix(".compact").unwrap_or(name));
@@ -381,6 +402,7 @@ pub fn select_capped(files: &[LocalFile], caps: Option<&BTreeMap<String, u64>>) 
             Kind::Commit(n) => committed(q).is_some_and(|c| n <= c) && present(&commits, q, n, f),
             Kind::Offsets(n) => n <= limit(q) && present(&offsets, q, n, f),
             Kind::State(v) => committed(q).is_some() && v <= limit(q),
+            Kind::StateMeta(k) => k <= limit(q),
             Kind::SinkLog(n) => committed(q).is_some_and(|c| n <= c),
         };
         if keep {
@@ -547,7 +569,7 @@ mod tests {
         ];
         let mut sel = select(&files);
         let mut caps = SourceCaps::new();
-        caps.insert((String::new(), 0), 1);
+        caps.insert((String::new(), "0".into()), 1);
         trim_sources(&mut sel, &caps);
         let kept: Vec<&str> = sel.files.iter().map(|f| f.path.as_str()).collect();
         assert!(kept.contains(&"sources/0/1") && kept.contains(&"sources/0/.1.crc"));
@@ -556,7 +578,12 @@ mod tests {
         assert!(kept.contains(&"sources/1/0"), "no cap for source 1: kept");
         assert_eq!(
             parse_log_offsets("v1\n{\"batchWatermarkMs\":0}\n{\"logOffset\":7}\n42\n-\n"),
-            vec![(0, 7)]
+            vec![("0".to_string(), 7)]
+        );
+        // Offset log v2 (Spark 4.1+): `<source id>:<offset>`.
+        assert_eq!(
+            parse_log_offsets("v2\n{\"batchWatermarkMs\":0}\n1:-\n0:{\"logOffset\":3}\n"),
+            vec![("0".to_string(), 3)]
         );
     }
 
@@ -707,9 +734,76 @@ mod tests {
     }
 
     #[test]
+    fn format_v2_state_files_and_transform_with_state_metadata() {
+        // Spark 4.3.0, state checkpoint format v2: committed batch 3, batch
+        // 4 in flight (state version 5 written with its file checksums).
+        let id = |v: u64| format!("{v}_0852d809-f0ae-4422-bec1-b066dde9c5c{v}");
+        let mut files: Vec<LocalFile> = [
+            "metadata",
+            "offsets/3",
+            "offsets/4",
+            "commits/3",
+            "state/0/_metadata/v2/0",
+            "state/0/_metadata/v2/.0.crc",
+            "state/0/_metadata/v2/5",
+            "state/0/_stateSchema/default/0_8f6dd52b-4b46-4f86-b777-bb941eb4286e",
+            "state/0/_stateSchema/default/.0_8f6dd52b-4b46-4f86-b777-bb941eb4286e.crc",
+            "state/0/_stateSchema/default/5_1f6dd52b-4b46-4f86-b777-bb941eb4286e",
+            "state/0/0/SSTs/000008-435a376a-b0aa-40bc-8032-ebf51f73e5f3.sst",
+            "state/0/0/_metadata/schema",
+        ]
+        .map(f)
+        .to_vec();
+        for v in [4, 5] {
+            for ext in ["changelog", "zip"] {
+                let n = format!("{}.{ext}", id(v));
+                for p in [
+                    n.clone(),
+                    format!("{n}.crc"),
+                    format!(".{n}.crc"),
+                    format!(".{n}.crc.crc"),
+                ] {
+                    files.push(f(&format!("state/0/0/{p}")));
+                }
+            }
+        }
+        // A stream-stream join keeps one store per side in a subfolder.
+        files.push(f("state/1/0/left-keyToNumValues/4.delta"));
+        files.push(f("state/1/0/left-keyToNumValues/5.delta"));
+        let sel = select(&files);
+        let p = paths(&sel);
+        for v4 in files.iter().filter(|f| f.path.contains(&id(4))) {
+            assert!(p.contains(&v4.path.as_str()), "{} missing", v4.path);
+        }
+        for not in files.iter().filter(|f| f.path.contains(&id(5))) {
+            assert!(!p.contains(&not.path.as_str()), "{} kept", not.path);
+        }
+        for want in [
+            "state/0/_metadata/v2/0",
+            "state/0/_metadata/v2/.0.crc",
+            "state/0/_stateSchema/default/0_8f6dd52b-4b46-4f86-b777-bb941eb4286e",
+            "state/0/_stateSchema/default/.0_8f6dd52b-4b46-4f86-b777-bb941eb4286e.crc",
+            "state/0/0/SSTs/000008-435a376a-b0aa-40bc-8032-ebf51f73e5f3.sst",
+            "state/0/0/_metadata/schema",
+            "state/1/0/left-keyToNumValues/4.delta",
+        ] {
+            assert!(p.contains(&want), "{want} missing from {p:?}");
+        }
+        for not in [
+            "state/0/_metadata/v2/5",
+            "state/0/_stateSchema/default/5_1f6dd52b-4b46-4f86-b777-bb941eb4286e",
+            "state/1/0/left-keyToNumValues/5.delta",
+        ] {
+            assert!(!p.contains(&not), "{not} must be left out");
+        }
+    }
+
+    #[test]
     fn state_versions_and_crc_names() {
         assert_eq!(state_version("12.delta"), Some(12));
         assert_eq!(state_version("12_ab-cd.zip"), Some(12));
+        assert_eq!(state_version("12_ab-cd.changelog.crc"), Some(12));
+        assert_eq!(state_version("schema.crc"), None);
         assert_eq!(state_version("12.sst"), None);
         assert_eq!(state_version("x.delta"), None);
         assert_eq!(crc_target(".12.delta.crc"), Some("12.delta"));

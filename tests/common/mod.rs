@@ -23,38 +23,108 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// SPARK_HOME of the pyspark wheel. Fails loudly when Spark is missing:
-/// a test that needs Spark never skips.
-pub fn spark_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("SPARK_HOME") {
-        let h = PathBuf::from(h);
-        if h.join("bin/spark-submit").is_file() {
-            return h;
-        }
-    }
-    let lib = repo().join(".venv/lib");
-    if let Ok(entries) = std::fs::read_dir(&lib) {
-        for e in entries.flatten() {
-            let h = e.path().join("site-packages/pyspark");
-            if h.join("bin/spark-submit").is_file() {
-                return h;
-            }
-        }
-    }
-    panic!(
-        "Spark is missing: this test needs spark-submit from the pyspark wheel. \
-         Run `make test` (it installs pyspark into .venv) or set SPARK_HOME to a Spark installation."
-    );
+/// The Spark lines the tests run: each has its own virtualenv that `make
+/// test` creates (`.venv` is the default line, the others
+/// `.venv-spark-<line>`).
+pub const SPARK_LINES: [&str; 3] = ["3.5", "4.0", "4.3"];
+/// The default Spark line: `.venv`, `make demo`, the chart and the image.
+pub const DEFAULT_SPARK: &str = "4.3";
+
+/// One installed Spark: its SPARK_HOME (the pyspark wheel) and the Python
+/// of its virtualenv.
+#[derive(Clone, Debug)]
+pub struct Spark {
+    pub line: &'static str,
+    pub home: PathBuf,
+    pub python: PathBuf,
+    /// The full version, read from the jars (`4.3.0`).
+    pub version: String,
 }
 
-/// The Python of the project venv (has pyspark).
-pub fn python() -> PathBuf {
-    let p = repo().join(".venv/bin/python");
+/// The Spark of `line` (one of [`SPARK_LINES`]). Fails loudly when it is
+/// missing or is another version: a test that needs Spark never skips.
+/// `SPARK_HOME` (and `PYSPARK_PYTHON`) override the default line;
+/// `SPARK_HOME_3_5` etc. the others.
+pub fn spark(line: &str) -> Spark {
+    static FOUND: std::sync::Mutex<Vec<Spark>> = std::sync::Mutex::new(Vec::new());
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = found.iter().find(|s| s.line == line) {
+        return s.clone();
+    }
+    let s = find_spark(line);
+    found.push(s.clone());
+    s
+}
+
+fn find_spark(line: &str) -> Spark {
+    let line: &'static str = SPARK_LINES
+        .iter()
+        .find(|l| **l == line)
+        .unwrap_or_else(|| panic!("no Spark line {line} in the tests ({SPARK_LINES:?})"));
+    let default = line == DEFAULT_SPARK;
+    let venv = if default {
+        repo().join(".venv")
+    } else {
+        repo().join(format!(".venv-spark-{line}"))
+    };
+    let home_var = if default {
+        "SPARK_HOME".to_string()
+    } else {
+        format!("SPARK_HOME_{}", line.replace('.', "_"))
+    };
+    let from_env = std::env::var_os(&home_var)
+        .map(PathBuf::from)
+        .filter(|h| h.join("bin/spark-submit").is_file());
+    let home = from_env.or_else(|| {
+        let lib = venv.join("lib");
+        std::fs::read_dir(&lib).ok()?.flatten().find_map(|e| {
+            let h = e.path().join("site-packages/pyspark");
+            h.join("bin/spark-submit").is_file().then_some(h)
+        })
+    });
+    let Some(home) = home else {
+        panic!(
+            "Spark {line} is missing: this test needs spark-submit from the pyspark {line}.x wheel. \
+             Run `make test` (it installs pyspark into {}) or set {home_var} to a Spark {line} installation.",
+            venv.display()
+        );
+    };
+    let python = match (default, std::env::var_os("PYSPARK_PYTHON")) {
+        (true, Some(p)) if Path::new(&p).is_file() => PathBuf::from(p),
+        _ => venv.join("bin/python"),
+    };
     assert!(
-        p.is_file(),
-        "the project venv is missing: run `make test` (creates .venv with pyspark)"
+        python.is_file(),
+        "the Python of Spark {line} is missing ({}): run `make test` (creates {} with pyspark)",
+        python.display(),
+        venv.display()
     );
-    p
+    let found = sparkvisor::spark_version::detect(&home)
+        .unwrap_or_else(|| panic!("cannot tell which Spark is at {}", home.display()));
+    assert_eq!(
+        found.version.line(),
+        line,
+        "{} holds Spark {}, not {line}: rerun `make test` to rebuild the venvs",
+        home.display(),
+        found.version
+    );
+    Spark {
+        line,
+        home,
+        python,
+        version: found.version.to_string(),
+    }
+}
+
+/// SPARK_HOME of the default Spark (the pyspark wheel in `.venv`). Fails
+/// loudly when Spark is missing: a test that needs Spark never skips.
+pub fn spark_home() -> PathBuf {
+    spark(DEFAULT_SPARK).home
+}
+
+/// The Python of the default Spark's venv (has pyspark).
+pub fn python() -> PathBuf {
+    spark(DEFAULT_SPARK).python
 }
 
 /// Polls `f` every 50 ms until it returns Some, or panics after `timeout`.
@@ -130,8 +200,15 @@ pub fn spark_lock() -> nix::fcntl::Flock<std::fs::File> {
         .write(true)
         .open(SPARK_LOCK)
         .unwrap_or_else(|e| panic!("open {SPARK_LOCK}: {e}"));
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"))
+    let asked = Instant::now();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {SPARK_LOCK}: {e}"));
+    // A test's time includes this wait; say how long it was.
+    let waited = asked.elapsed();
+    if waited > Duration::from_secs(1) {
+        eprintln!("waited {:.0?} for the Spark lock", waited);
+    }
+    lock
 }
 
 /// A plain `spark-submit` of a PySpark app from `examples/` (not under
@@ -548,11 +625,67 @@ pub fn exactly_once_verdict(input: &Path, output: &Path) -> serde_json::Value {
     v
 }
 
+/// The `VERDICT {json}` line an example app printed with VERIFY=1 (the
+/// newest one in `log`).
+pub fn verdict_in(log: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("VERDICT ").map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no VERDICT line in the log:\n{log}"));
+    serde_json::from_str(line).expect("the verdict is JSON")
+}
+
 /// `DIR/sparkvisor.toml` running `examples/<app>` under sparkvisor with
 /// `env` in `[spark.env]`, the checkpoint in `DIR/checkpoint`, probes on
 /// `port`, quick backoff; `supervisor` and `checkpoint` are extra lines
 /// appended to those sections (a `[checkpoint.s3]` table fits the latter).
+///
+/// The default Spark, and one CDS archive directory shared by every test
+/// that uses this (`target/test-cds/streaming`): their drivers have the
+/// same archive key, so only the first start of the suite makes an archive
+/// and every later one maps it, as a restart in production does. The tests
+/// of class-data sharing itself (cds_spark.rs, spark_versions.rs) use
+/// their own directories.
 pub fn streaming_config(
+    dir: &Path,
+    app: &str,
+    env: &[(&str, String)],
+    supervisor: &str,
+    checkpoint: &str,
+    port: u16,
+) -> PathBuf {
+    let cfg = streaming_config_with(
+        &spark(DEFAULT_SPARK),
+        dir,
+        app,
+        env,
+        supervisor,
+        checkpoint,
+        port,
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[jvm]\narchive_dir = \"{}\"\n",
+        shared_archive_dir("streaming").display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `target/test-cds/<name>`: a CDS archive directory kept across tests
+/// (and runs of the suite) for drivers that share an archive key.
+pub fn shared_archive_dir(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    target.join("test-cds").join(name)
+}
+
+/// [`streaming_config`] with the Spark of another line, and the default
+/// archive directory (beside the checkpoint).
+pub fn streaming_config_with(
+    spark: &Spark,
     dir: &Path,
     app: &str,
     env: &[(&str, String)],
@@ -595,9 +728,9 @@ listen = "127.0.0.1:{port}"
 spark_ui = "http://127.0.0.1:{ui}"
 poll_interval = "500ms"
 "#,
-            home = spark_home().display(),
+            home = spark.home.display(),
             app = repo().join("examples").join(app).display(),
-            python = python().display(),
+            python = spark.python.display(),
             d = dir.display(),
             ui = free_port(),
         ),
@@ -653,4 +786,40 @@ pub fn cmdline(pid: i32) -> Vec<String> {
 /// The newest committed batch of the streaming query at `query`.
 pub fn last_commit(query: &Path) -> Option<u64> {
     numbered(&query.join("commits")).last().copied()
+}
+
+/// The committed checkpoint fixture of a Spark line:
+/// tests/fixtures/checkpoints/spark-X.Y (`input/`, `checkpoint/`,
+/// `fixture.json`; see generate.py there).
+pub fn fixture_dir(line: &str) -> PathBuf {
+    let d = repo().join(format!("tests/fixtures/checkpoints/spark-{line}"));
+    assert!(
+        d.join("fixture.json").is_file(),
+        "the checkpoint fixture of Spark {line} is missing: {}",
+        d.display()
+    );
+    d
+}
+
+/// Where Spark wrote the fixture of `line`: the file source's and the file
+/// sinks' logs inside it name files under this root, so a test that runs
+/// Spark on a fixture puts it back here (holding [`spark_lock`]).
+pub fn fixture_root(line: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/sparkvisor-fixture/spark-{line}"))
+}
+
+/// Copies the files and folders under `from` to `to` (created).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from)
+        .unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
+        .flatten()
+    {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }

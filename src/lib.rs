@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod eventlog;
 pub mod exit;
 pub mod http;
 pub mod httpclient;
@@ -25,5 +26,6 @@ pub mod sizing;
 pub mod status;
 pub mod submit;
 pub mod supervisor;
+pub mod telemetry;
 
 pub use error::{Error, Result};

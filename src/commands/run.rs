@@ -1,16 +1,19 @@
 //! `sparkvisor run`: the container entrypoint. Validates everything up
 //! front (bad configuration exits 2 before anything starts), then wires the
 //! tasks together on a small tokio runtime: the probe server, the Spark API
-//! poller, the checkpoint watcher and the supervisor loop, joined by typed
-//! channels (`crate::attempt`).
+//! poller, the checkpoint watcher, the query telemetry, the event log
+//! shipper and the supervisor loop, joined by typed channels
+//! (`crate::attempt`). The event log's last sync runs after the supervisor
+//! loop has returned (the app is gone).
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tracing::info;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
 
-use crate::config::{self, Overrides};
-use crate::observe::{progress, spark_api};
+use crate::config::{self, Config, Overrides};
+use crate::eventlog::{self, Site, ship};
+use crate::observe::{progress, spark_api, telemetry};
 use crate::status::Shared;
 use crate::submit::{self, LaunchOptions, SystemView};
 use crate::supervisor::{RunContext, Supervisor};
@@ -25,7 +28,7 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
     let system = SystemView::detect()?;
     let prepared = submit::prepare(&loaded, &resolved, &system)?;
     // Fail on plan errors now, not in the restart loop.
-    submit::build(
+    let first = submit::build(
         &loaded,
         &resolved,
         &prepared,
@@ -34,6 +37,19 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             ..Default::default()
         },
     )?;
+    // Where Spark writes its event logs, as the plan (with the user's own
+    // confs) tells it; Spark needs the directory to exist.
+    let site = Site::from_properties(&first.properties_map());
+    if let Some(dir) = &site.dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(config::ConfigError::at(
+                "eventlog.dir",
+                loaded.source_of(&["eventlog", "dir"]),
+                Some(format!("{:?}", dir.display().to_string())),
+                format!("cannot create it: {e}"),
+            ))
+        })?;
+    }
     // Detects the driver's JVM (runs `java -version`) before the reaper owns
     // every wait, and verifies the archive directory.
     let cds = jvm::Cds::new(
@@ -76,6 +92,19 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             current_rx.clone(),
             spark_tx,
         ));
+        shared.require_caught_up(loaded.config.probes.ready_requires_caught_up);
+        if loaded.config.telemetry.enabled {
+            tokio::spawn(telemetry::watch(
+                shared.clone(),
+                loaded.config.telemetry.clone(),
+                site.clone(),
+                telemetry::Inputs {
+                    current: current_rx.clone(),
+                    spark: spark_rx.clone(),
+                },
+            ));
+        }
+        let shipping = start_shipping(&shared, &loaded.config, &site, current_rx.clone()).await?;
         let (stall_tx, stalls) = mpsc::channel(16);
         tokio::spawn(progress::watch(
             shared.clone(),
@@ -98,6 +127,59 @@ pub fn run(overrides: &Overrides) -> Result<i32> {
             stalls,
         };
         let sup = Supervisor::new(ctx).map_err(|e| Error::io("installing signal handlers", e))?;
-        Ok(sup.run().await)
+        let code = sup.run().await;
+        if let Some((stop, task)) = shipping {
+            info!("last event log sync");
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        Ok(code)
     })
+}
+
+/// The event log shipper (S3 upload and local retention), when sparkvisor
+/// turned Spark's event log on; its stop sender and task.
+async fn start_shipping(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    site: &Site,
+    current: watch::Receiver<crate::attempt::Current>,
+) -> Result<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
+    let ev = &cfg.eventlog;
+    let dir = match (&site.dir, cfg.eventlog_dir()) {
+        (Some(d), Some(_)) => d.clone(),
+        _ => {
+            if ev.s3_uri.is_some() {
+                warn!(
+                    reason = site.problem.as_deref().unwrap_or(""),
+                    "eventlog.s3_uri is set but the event log is not in a local directory: nothing is shipped"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    let target = match &ev.s3_uri {
+        Some(uri) => {
+            let location = crate::s3::Location::parse(uri).map_err(|e| {
+                Error::Config(config::ConfigError::new(format!("eventlog.s3_uri: {e}")))
+            })?;
+            let store =
+                crate::s3::Store::connect(&eventlog::s3_settings(cfg), &location.bucket).await;
+            info!(uri = %location, interval = %ev.sync_interval, dir = %dir.display(), "shipping Spark's event logs to S3");
+            Some(ship::Target { store, location })
+        }
+        None => None,
+    };
+    let shipper = ship::Shipper::new(dir, target, ev.local_retention.bytes());
+    shared.update(|s| s.eventlog = shipper.to_json());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(ship::run(
+        shared.clone(),
+        shipper,
+        ev.sync_interval.get(),
+        current,
+        stop_rx,
+        ev.final_sync_timeout.get(),
+    ));
+    Ok(Some((stop, task)))
 }

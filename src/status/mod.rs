@@ -86,6 +86,13 @@ pub struct Status {
     pub checkpoint: serde_json::Value,
     pub s3: serde_json::Value,
     pub jvm: serde_json::Value,
+    /// Per streaming query: its latest progress as Spark reported it and
+    /// whether it is behind (telemetry).
+    pub queries: serde_json::Value,
+    /// Labels of the queries that are behind now.
+    pub behind: Vec<String>,
+    /// Spark's event log: local directory, shipping to S3.
+    pub eventlog: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -115,6 +122,9 @@ impl Status {
             checkpoint: serde_json::Value::Null,
             s3: serde_json::Value::Null,
             jvm: serde_json::Value::Null,
+            queries: serde_json::Value::Array(Vec::new()),
+            behind: Vec::new(),
+            eventlog: serde_json::Value::Null,
         }
     }
 }
@@ -125,6 +135,8 @@ pub struct Shared {
     epoch: Instant,
     heartbeat_ms: AtomicU64,
     spark_ui_ok: AtomicBool,
+    /// `probes.ready_requires_caught_up`.
+    require_caught_up: AtomicBool,
 }
 
 impl Shared {
@@ -135,13 +147,16 @@ impl Shared {
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             spark_ui_ok: AtomicBool::new(false),
+            require_caught_up: AtomicBool::new(false),
         }
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
         let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
-        let ready = s.state == Phase::Running && self.spark_ui_ok.load(Ordering::SeqCst);
+        let ready = s.state == Phase::Running
+            && self.spark_ui_ok.load(Ordering::SeqCst)
+            && self.caught_up(&s).is_ok();
         s.ready = ready;
         self.metrics.ready.set(i64::from(ready));
     }
@@ -166,6 +181,28 @@ impl Shared {
     pub fn heartbeat_age(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Makes `/ready` wait for every query to catch up
+    /// (`probes.ready_requires_caught_up`).
+    pub fn require_caught_up(&self, on: bool) {
+        self.require_caught_up.store(on, Ordering::SeqCst);
+        self.update(|_| {});
+    }
+
+    fn caught_up(&self, s: &Status) -> Result<(), String> {
+        if !self.require_caught_up.load(Ordering::SeqCst) || s.behind.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "streaming quer{} behind: {} (probes.ready_requires_caught_up)",
+            if s.behind.len() == 1 {
+                "y is"
+            } else {
+                "ies are"
+            },
+            s.behind.join(", ")
+        ))
     }
 
     /// Records whether Spark's REST API answered (the poller's copy for
@@ -204,7 +241,7 @@ impl Shared {
     pub fn readiness(&self) -> Result<(), String> {
         let s = self.status.read().unwrap_or_else(|p| p.into_inner());
         match s.state {
-            Phase::Running if s.spark_ui.ok => Ok(()),
+            Phase::Running if s.spark_ui.ok => self.caught_up(&s),
             Phase::Running => Err(format!(
                 "Spark REST API not answering at {}",
                 s.spark_ui.url
@@ -256,6 +293,22 @@ mod tests {
         s.update(|st| st.state = Phase::Backoff);
         assert!(s.readiness().is_err());
         assert_eq!(s.metrics.ready.get(), 0);
+    }
+
+    #[test]
+    fn readiness_can_wait_for_queries_to_catch_up() {
+        let s = Shared::new();
+        s.update(|st| st.state = Phase::Running);
+        s.set_spark_ui(true, None);
+        s.update(|st| st.behind = vec!["orders".into()]);
+        assert!(s.readiness().is_ok(), "off by default");
+        s.require_caught_up(true);
+        let why = s.readiness().unwrap_err();
+        assert!(why.contains("orders"), "{why}");
+        assert_eq!(s.metrics.ready.get(), 0);
+        s.update(|st| st.behind.clear());
+        assert!(s.readiness().is_ok());
+        assert_eq!(s.metrics.ready.get(), 1);
     }
 
     #[test]

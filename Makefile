@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SPARK_HOME of the pyspark wheel, computed when a recipe runs (after install).
 SPARK_HOME_CMD := $(PYTHON) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
 
-.PHONY: test demo lint java venv build help s3s-fs agent
+.PHONY: test demo lint java venv build help s3s-fs agent promtool
 
 help:
 	@echo "make demo   run the example streaming job under sparkvisor (probes on :8080)"
@@ -49,6 +49,21 @@ s3s-fs:
 	  echo "s3s-fs not found: installing it (S3-compatible test server)"; \
 	  cargo install s3s-fs --version 0.14.1 --features binary --locked; }
 
+# promtool checks the chart's alerting rules and dashboard queries
+# (tests/chart.rs). Unpacked from Debian's prometheus package into
+# target/tools/bin: installing the package would also start a Prometheus
+# server on this machine.
+PROMTOOL := target/tools/bin/promtool
+promtool:
+	@command -v promtool >/dev/null 2>&1 || test -x $(PROMTOOL) || { \
+	  echo "promtool not found: unpacking it from Debian's prometheus package"; \
+	  rm -rf target/tools/deb && mkdir -p target/tools/deb target/tools/bin && \
+	  (cd target/tools/deb && { apt-get download -qq prometheus 2>/dev/null || \
+	    { $(SUDO) apt-get update -qq && apt-get download -qq prometheus; }; }) && \
+	  dpkg-deb -x target/tools/deb/prometheus_*.deb target/tools/deb/root && \
+	  cp target/tools/deb/root/usr/bin/promtool $(PROMTOOL) && rm -rf target/tools/deb; }
+	@{ command -v promtool || echo $(PROMTOOL); } | head -1
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
@@ -64,7 +79,7 @@ demo: java venv build
 
 # `cargo test --all-targets` builds examples as test harnesses only; the
 # tests run the example binaries (checkpoint_sync), so build them first.
-test: java venv s3s-fs lint
+test: java venv s3s-fs promtool lint
 	cargo build --examples
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets -- --test-threads=2

@@ -29,6 +29,7 @@ Environment:
   FILES_PER_TRIGGER          files per micro-batch (default 2)
   AVAILABLE_NOW              "1": process what is there, then exit 0 (default: run forever)
   SHUFFLE_PARTITIONS         state store partitions, frozen in the checkpoint at the first run (default 4)
+  PROGRESS_LOG               append every new query.lastProgress here (progress_log.py)
 """
 
 import os
@@ -64,4 +65,8 @@ writer = (
 )
 writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="1 second")
 query = writer.start()
+if os.environ.get("PROGRESS_LOG"):
+    import progress_log
+
+    progress_log.record(query, os.environ["PROGRESS_LOG"])
 query.awaitTermination()

@@ -366,6 +366,7 @@ fn rate_query_telemetry_behind_and_history_server_after_two_kills() {
         completed, 1,
         "only the stopped attempt ended cleanly: {listed}"
     );
+    eprintln!("Spark time: {:?}", started.elapsed());
 }
 
 #[test]

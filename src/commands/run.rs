@@ -171,7 +171,8 @@ async fn start_shipping(
         None => None,
     };
     let shipper = ship::Shipper::new(dir, target, ev.local_retention.bytes());
-    shared.update(|s| s.eventlog = shipper.to_json());
+    let doc = shipper.to_json();
+    shared.update(|s| ship::set_section(&mut s.eventlog, "shipping", doc));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(ship::run(
         shared.clone(),

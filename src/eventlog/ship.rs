@@ -511,7 +511,16 @@ fn publish(shared: &Shared, shipper: &Shipper, seen: &mut Published) {
     }
     m.eventlog_local_bytes.set(s.local_bytes as i64);
     let doc = shipper.to_json();
-    shared.update(|st| st.eventlog = doc);
+    shared.update(|st| set_section(&mut st.eventlog, "shipping", doc));
+}
+
+/// Sets `doc[key]`, making `doc` an object first (each section of
+/// `/status` `eventlog` has one writer).
+pub fn set_section(doc: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if !doc.is_object() {
+        *doc = serde_json::json!({});
+    }
+    doc[key] = value;
 }
 
 #[cfg(test)]

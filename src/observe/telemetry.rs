@@ -26,6 +26,7 @@ use crate::attempt::{Current, SparkApi};
 use crate::config::TelemetryConfig;
 use crate::eventlog::Site;
 use crate::eventlog::layout::{self, Log};
+use crate::eventlog::ship::set_section;
 use crate::eventlog::tail::Tailer;
 use crate::status::Shared;
 use crate::status::metrics::Metrics;
@@ -137,7 +138,11 @@ pub async fn watch(shared: Arc<Shared>, cfg: TelemetryConfig, site: Site, mut in
         warn!(reason = %why, "no per-query telemetry: sparkvisor cannot read Spark's event log");
         shared.update(|s| {
             s.queries = serde_json::json!([]);
-            s.eventlog = merge(&s.eventlog, serde_json::json!({"telemetry_error": why}));
+            set_section(
+                &mut s.eventlog,
+                "telemetry",
+                serde_json::json!({"error": why}),
+            );
         });
         return;
     };
@@ -196,12 +201,8 @@ pub async fn watch(shared: Arc<Shared>, cfg: TelemetryConfig, site: Site, mut in
             }
             problem = issue.clone();
             let followed = f.tailer.as_ref().map(|t| t.log().to_string());
-            shared.update(|s| {
-                s.eventlog = merge(
-                    &s.eventlog,
-                    serde_json::json!({"telemetry_error": issue, "telemetry_log": followed}),
-                );
-            });
+            let doc = serde_json::json!({"error": issue, "log": followed});
+            shared.update(|s| set_section(&mut s.eventlog, "telemetry", doc));
         }
         if events.is_empty() {
             continue;
@@ -211,21 +212,6 @@ pub async fn watch(shared: Arc<Shared>, cfg: TelemetryConfig, site: Site, mut in
         }
         publish(&shared, &mut queries, window);
     }
-}
-
-/// Adds `extra`'s keys to an object (or starts one).
-fn merge(doc: &serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
-    let mut d = if doc.is_object() {
-        doc.clone()
-    } else {
-        serde_json::json!({})
-    };
-    if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-    d
 }
 
 fn names(dir: &std::path::Path) -> HashSet<String> {

@@ -16,9 +16,11 @@ sparkvisor, skips the first --warmup seconds, then measures for --seconds:
 Runs are interleaved (on, off, off, on, ...) so load drifts hit both alike;
 prints each run, the medians and on/off ratios. Nothing is asserted.
 
-Usage: bench/telemetry_overhead.py [--runs 4] [--seconds 60] [--warmup 20] [--rows 20000]
+Usage: bench/telemetry_overhead.py [--runs 4] [--seconds 60] [--warmup 20] [--rows 20000] [--debug]
 Needs: Java, .venv with pyspark (`make test` sets both up); builds the release
-binary first. Holds /tmp/sparkvisor-spark.lock throughout.
+binary first (--debug: uses target/debug/sparkvisor as it is, which only
+makes sparkvisor's own share look larger). Holds /tmp/sparkvisor-spark.lock
+throughout.
 """
 
 import argparse
@@ -38,6 +40,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SV = os.path.join(ROOT, "target", "release", "sparkvisor")
+SV_DEBUG = os.path.join(ROOT, "target", "debug", "sparkvisor")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -134,7 +137,7 @@ cds = "off"
 """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKVISOR_")}
     with open(os.path.join(d, "sv.log"), "ab") as out:
-        p = subprocess.Popen([SV, "run", "--config", cfg], stdout=out, stderr=out, env=env)
+        p = subprocess.Popen([args.binary, "run", "--config", cfg], stdout=out, stderr=out, env=env)
     try:
         end = time.monotonic() + 300
         while len(progress(log)) < 3:
@@ -174,8 +177,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=20)
     ap.add_argument("--rows", type=int, default=20000)
+    ap.add_argument("--debug", action="store_true", help="use target/debug/sparkvisor (no release build)")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if args.debug:
+        args.binary = SV_DEBUG
+    else:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        args.binary = SV
+    print(f"sparkvisor: {args.binary}")
     lock = open("/tmp/sparkvisor-spark.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     results = {"on": [], "off": []}

@@ -17,7 +17,7 @@ LINE_STAMPS := $(foreach l,$(SPARK_LINES),$(CURDIR)/.venv-spark-$(l)/.installed)
 # No .pyc compilation at install (Python compiles what it imports).
 PIP_INSTALL = -m pip install -q --no-compile --disable-pip-version-check
 
-.PHONY: test test-all demo lint java venv venvs build help s3s-fs agent faketime fixtures
+.PHONY: test test-all demo lint java venv venvs build help s3s-fs agent faketime promtool fixtures
 
 help:
 	@echo "make demo      run the example streaming job under sparkvisor (probes on :8080)"
@@ -71,6 +71,21 @@ faketime:
 	  echo "libfaketime not found: installing it (clock-step test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libfaketime; }
 
+# promtool checks the chart's alerting rules and dashboard queries
+# (tests/chart.rs). Unpacked from Debian's prometheus package into
+# target/tools/bin: installing the package would also start a Prometheus
+# server on this machine.
+PROMTOOL := target/tools/bin/promtool
+promtool:
+	@command -v promtool >/dev/null 2>&1 || test -x $(PROMTOOL) || { \
+	  echo "promtool not found: unpacking it from Debian's prometheus package"; \
+	  rm -rf target/tools/deb && mkdir -p target/tools/deb target/tools/bin && \
+	  (cd target/tools/deb && { apt-get download -qq prometheus 2>/dev/null || \
+	    { $(SUDO) apt-get update -qq && apt-get download -qq prometheus; }; }) && \
+	  dpkg-deb -x target/tools/deb/prometheus_*.deb target/tools/deb/root && \
+	  cp target/tools/deb/root/usr/bin/promtool $(PROMTOOL) && rm -rf target/tools/deb; }
+	@{ command -v promtool || echo $(PROMTOOL); } | head -1
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
@@ -98,7 +113,7 @@ test:
 # The test build has the test-only fault injection (tests/faults.rs;
 # src/fault.rs), which release builds never have. The default Spark is
 # SPARK_HOME; the tests find the other lines' venvs.
-test-all: java venvs s3s-fs faketime lint
+test-all: java venvs s3s-fs faketime promtool lint
 	cargo build --examples --features fault-injection
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
 	  cargo test --all-targets --features fault-injection -- --test-threads=2

@@ -33,6 +33,7 @@ Environment:
   AVAILABLE_NOW              "1": process what is there, then exit 0 (default: run forever)
   VERIFY                     "1" (with AVAILABLE_NOW): check the sink as exactly_once_verify.py does
   SHUFFLE_PARTITIONS         state store partitions, frozen in the checkpoint at the first run (default 4)
+  PROGRESS_LOG               append every new query.lastProgress here (progress_log.py)
 """
 
 import json
@@ -72,6 +73,10 @@ writer = (
 )
 writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="1 second")
 query = writer.start()
+if os.environ.get("PROGRESS_LOG"):
+    import progress_log
+
+    progress_log.record(query, os.environ["PROGRESS_LOG"])
 query.awaitTermination()
 if available_now and check:
     print("VERDICT " + json.dumps(verify(spark, input_dir, output_dir)), flush=True)

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod eventlog;
 pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -32,5 +33,6 @@ pub mod stop;
 pub mod submit;
 pub mod supervisor;
 pub mod tasks;
+pub mod telemetry;
 
 pub use error::{Error, Result};

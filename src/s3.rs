@@ -439,6 +439,102 @@ impl Store {
         Ok(total)
     }
 
+    /// Uploads the first `len` bytes of the file at `path`, a file that may
+    /// still be growing (what is appended meanwhile is left for a later
+    /// upload): one request up to [`PART_SIZE`], parts beyond. Returns the
+    /// bytes sent (fewer than `len` if the file was cut meanwhile).
+    pub async fn put_file_head(&self, key: &str, path: &Path, len: u64) -> Result<u64, StoreError> {
+        let io = |source| StoreError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        if len <= PART_SIZE {
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut file)
+                .take(len)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(io)?;
+            let n = buf.len() as u64;
+            self.put(key, buf).await?;
+            return Ok(n);
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| request_error("CreateMultipartUpload", &self.bucket, key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            let mut sent = 0u64;
+            for number in 1.. {
+                let want = (len - sent).min(PART_SIZE);
+                if want == 0 {
+                    break;
+                }
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file)
+                    .take(want)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(io)?;
+                if buf.is_empty() {
+                    break;
+                }
+                sent += buf.len() as u64;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(buf))
+                    .send()
+                    .await
+                    .map_err(|e| request_error("UploadPart", &self.bucket, key, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| request_error("CompleteMultipartUpload", &self.bucket, key, e))?;
+            Ok(sent)
+        }
+        .await;
+        if result.is_err() {
+            // Best effort, as for put_file_multipart.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
     /// Reads a whole object (small ones: manifests).
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let out = self

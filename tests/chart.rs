@@ -179,8 +179,15 @@ impl Rendered {
         &containers[0]
     }
 
+    /// The ConfigMap with sparkvisor's configuration.
     fn configmap(&self) -> &Value {
-        self.one("ConfigMap")
+        let all: Vec<&Value> = self
+            .all("ConfigMap")
+            .into_iter()
+            .filter(|c| c["data"].get("sparkvisor.toml").is_some())
+            .collect();
+        assert_eq!(all.len(), 1, "expected one ConfigMap with sparkvisor.toml");
+        all[0]
     }
 
     fn config_path(&self) -> PathBuf {
@@ -278,7 +285,8 @@ fn assert_valid(r: &Rendered) {
         match v["status"].as_str().unwrap() {
             "valid" => {}
             "no-schema" => assert!(
-                ["ServiceMonitor", "PodMonitor"].contains(&v["kind"].as_str().unwrap()),
+                ["ServiceMonitor", "PodMonitor", "PrometheusRule"]
+                    .contains(&v["kind"].as_str().unwrap()),
                 "no schema for {v}"
             ),
             _ => panic!("invalid manifest: {v}"),
@@ -346,10 +354,13 @@ fn assert_invariants(r: &Rendered) -> Loaded {
     let (_, ui_port) = sparkvisor::config::parse_http_url(&cfg.probes.spark_ui).unwrap();
     assert_eq!(r.port("spark-ui"), u64::from(ui_port));
 
-    // Kubernetes never SIGKILLs a graceful stop (plus the final S3 sync).
+    // Kubernetes never SIGKILLs a graceful stop (plus the final S3 syncs).
     let mut needed = cfg.supervisor.stop_grace.get().as_secs();
     if cfg.checkpoint.s3.uri.is_some() {
         needed += cfg.checkpoint.s3.final_sync_timeout.get().as_secs();
+    }
+    if cfg.eventlog.s3_uri.is_some() {
+        needed += cfg.eventlog.final_sync_timeout.get().as_secs();
     }
     let grace = r.pod()["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
@@ -402,6 +413,7 @@ fn assert_invariants(r: &Rendered) -> Loaded {
                 .expect("the chart sets checkpoint.quarantine_dir beside checkpoint.dir"),
         );
     }
+    writable.extend(cfg.eventlog_dir());
     if cfg.jvm.cds == sparkvisor::config::CdsMode::Auto {
         writable.push(
             cfg.jvm
@@ -544,6 +556,7 @@ fn default_values_render_local_mode_with_the_binarys_defaults() {
             "artifacts_dir",
             json!("/var/lib/sparkvisor/artifacts"),
         ),
+        ("eventlog", "dir", json!("/var/lib/sparkvisor/eventlog")),
     ] {
         assert_eq!(rendered[section][key], value, "{section}.{key}");
         rendered[section][key] = Value::Null;
@@ -986,4 +999,259 @@ fn chart_schema_has_exactly_the_binarys_keys() {
     config_keys("config", &values["values"]["config"], &mut defaults);
     let missing: Vec<_> = binary.difference(&defaults).collect();
     assert!(missing.is_empty(), "values.yaml lacks {missing:?}");
+}
+
+/// Contract names of DESIGN.md that another part of sparkvisor exports
+/// (fencing); the alerts and the dashboard may use them before this binary
+/// does.
+const CONTRACT_NOT_YET_EXPORTED: [&str; 1] = ["sparkvisor_s3_fenced"];
+
+/// The real `promtool` (Debian package `prometheus`; `make promtool` puts it
+/// in target/tools/bin). Fails loudly when it is missing.
+fn promtool() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    let local = repo().join("target/tools/bin/promtool");
+    if local.is_file() {
+        return local;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            if dir.join("promtool").is_file() {
+                return dir.join("promtool");
+            }
+        }
+    }
+    panic!(
+        "promtool is missing: run `make test` or `make promtool` (it unpacks promtool from \
+         Debian's prometheus package into target/tools/bin), or set PROMTOOL"
+    );
+}
+
+fn run_promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(promtool())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+/// Every `sparkvisor_…` metric name in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("sparkvisor_") {
+        let start = i + pos;
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        if boundary {
+            out.insert(expr[start..end].to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+/// Names the binary exports (labelled families too).
+fn exported_names() -> BTreeSet<String> {
+    sparkvisor::status::metrics::Metrics::new()
+        .names()
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn assert_known(names: &BTreeSet<String>, what: &str) {
+    let exported = exported_names();
+    for n in names {
+        assert!(
+            exported.contains(n) || CONTRACT_NOT_YET_EXPORTED.contains(&n.as_str()),
+            "{what} uses {n}, which sparkvisor does not export"
+        );
+    }
+}
+
+#[test]
+fn alerting_rules_pass_promtool_and_fire_for_this_release_only() {
+    let r = render(
+        &["default.yaml"],
+        json!({"metrics": {"prometheusRule": {"enabled": true, "labels": {"release": "prom"}}}}),
+    );
+    assert_invariants(&r);
+    let rule = r.one("PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let groups = &rule["spec"]["groups"];
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "rules.json",
+        &json!({ "groups": groups }).to_string(),
+    );
+    let checked = run_promtool(&["check", "rules", "rules.json"], dir.path());
+    assert!(checked.contains("SUCCESS"), "{checked}");
+
+    let mut alerts = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for rule in groups[0]["rules"].as_array().unwrap() {
+        alerts.insert(rule["alert"].as_str().unwrap().to_string());
+        used.extend(metric_names(rule["expr"].as_str().unwrap()));
+    }
+    for a in [
+        "SparkvisorCrashLooping",
+        "SparkvisorQueryStalled",
+        "SparkvisorQueryBehind",
+        "SparkvisorS3SyncErrors",
+        "SparkvisorFenced",
+    ] {
+        assert!(alerts.contains(a), "no {a} in {alerts:?}");
+    }
+    assert_known(&used, "the PrometheusRule");
+
+    // promtool's unit tests: the alerts fire on this release's series and
+    // not on another namespace's.
+    let ours = format!(r#"namespace="{NAMESPACE}",pod="{RELEASE}-sparkvisor-5d8c9-x2x7q""#);
+    let theirs = r#"namespace="elsewhere",pod="orders-sparkvisor-1-a""#;
+    let tests = format!(
+        r#"rule_files: [rules.json]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'sparkvisor_query_behind{{{ours},query="rate"}}'
+        values: '0 0 1x30'
+      - series: 'sparkvisor_query_behind{{{theirs},query="rate"}}'
+        values: '1x30'
+      - series: 'sparkvisor_child_starts_total{{{ours}}}'
+        values: '1+1x30'
+      - series: 'sparkvisor_s3_fenced{{{ours}}}'
+        values: '0 0 1x30'
+    promql_expr_test:
+      - expr: count by (alertname, namespace, query) (ALERTS{{alertstate="firing"}})
+        eval_time: 12m
+        exp_samples:
+          - labels: '{{alertname="SparkvisorQueryBehind",namespace="{NAMESPACE}",query="rate"}}'
+            value: 1
+          - labels: '{{alertname="SparkvisorCrashLooping",namespace="{NAMESPACE}"}}'
+            value: 1
+          - labels: '{{alertname="SparkvisorFenced",namespace="{NAMESPACE}"}}'
+            value: 1
+      - expr: count(ALERTS{{alertname="SparkvisorQueryBehind",alertstate="firing"}})
+        eval_time: 4m
+        exp_samples: []
+"#
+    );
+    write(dir.path(), "tests.yaml", &tests);
+    run_promtool(&["test", "rules", "tests.yaml"], dir.path());
+}
+
+#[test]
+fn dashboard_queries_use_the_metric_names_the_binary_exports() {
+    let r = render(
+        &["default.yaml"],
+        json!({"metrics": {"grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Spark"}}}}),
+    );
+    assert_invariants(&r);
+    let cm = r.named("ConfigMap", &format!("{RELEASE}-sparkvisor-dashboard"));
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Spark");
+    let dash: Value = serde_json::from_str(cm["data"]["sparkvisor.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "sparkvisor");
+
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    assert_known(&used, "the dashboard");
+    // What the dashboard is for: restarts, readiness, batch latency, rates,
+    // backlog, checkpoint age, S3 lag.
+    for needed in [
+        "sparkvisor_child_exits_total",
+        "sparkvisor_ready",
+        "sparkvisor_query_batch_duration_seconds",
+        "sparkvisor_query_input_rows_per_second",
+        "sparkvisor_query_processed_rows_per_second",
+        "sparkvisor_query_backlog",
+        "sparkvisor_query_behind",
+        "sparkvisor_checkpoint_last_commit_age_seconds",
+        "sparkvisor_s3_last_sync_timestamp_seconds",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows no {needed}");
+    }
+
+    // Every query is valid PromQL (promtool parses it as a recording rule,
+    // with Grafana's variables filled in).
+    let rules: Vec<Value> = exprs
+        .iter()
+        .filter(|e| !e.starts_with("label_values("))
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e
+                .replace("$__rate_interval", "5m")
+                .replace("$namespace", NAMESPACE)
+                .replace("$pod", ".*");
+            json!({"record": format!("dashboard:query_{i}"), "expr": e})
+        })
+        .collect();
+    assert!(rules.len() >= 20, "{} queries", rules.len());
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "dashboard.json",
+        &json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    );
+    run_promtool(&["check", "rules", "dashboard.json"], dir.path());
+}
+
+#[test]
+fn event_logs_get_a_volume_and_time_for_the_last_upload() {
+    let r = render(
+        &["s3.yaml"],
+        json!({"config": {"eventlog": {"s3_uri": "s3://history/orders", "final_sync_timeout": "40s"}}}),
+    );
+    let loaded = assert_invariants(&r);
+    assert_eq!(
+        loaded.config.eventlog.dir.as_deref(),
+        Some(Path::new("/var/lib/sparkvisor/eventlog"))
+    );
+    let m = r
+        .mount_for(Path::new("/var/lib/sparkvisor/eventlog/x"))
+        .unwrap();
+    assert_eq!(m["name"], "eventlog");
+    assert_eq!(r.volume("eventlog")["emptyDir"]["sizeLimit"], "512Mi");
+    // stop_grace 90 s + checkpoint 45 s + event log 40 s + margin 15 s.
+    assert_eq!(r.pod()["terminationGracePeriodSeconds"], 190);
+    // Without telemetry and shipping there is no event log volume.
+    let off = render(
+        &["default.yaml"],
+        json!({"config": {"telemetry": {"enabled": false}}}),
+    );
+    assert!(
+        off.pod()["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["name"] != "eventlog")
+    );
 }

@@ -9,10 +9,11 @@
 //! stop arrives (whatever it started is killed, sparkvisor exits 0 at
 //! once); then the essential tasks (`crate::tasks`) and the supervisor
 //! loop, joined by typed channels (`crate::attempt`, and `crate::stop` for
-//! stops sparkvisor asks of itself). The loop runs on
-//! this thread (`block_on`), which forks the app: the app's parent-death
-//! signal is tied to the forking thread, and this one lives as long as the
-//! process.
+//! stops sparkvisor asks of itself); beside them the query telemetry and
+//! the event log shipper, whose last sync runs after the supervisor loop
+//! has returned (the app is gone). The loop runs on this thread
+//! (`block_on`), which forks the app: the app's parent-death signal is
+//! tied to the forking thread, and this one lives as long as the process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::attempt::Current;
-use crate::config::{self, Loaded, Overrides, Resolved};
-use crate::observe::{progress, spark_api};
+use crate::config::{self, Config, Loaded, Overrides, Resolved};
+use crate::eventlog::{self, Site, ship};
+use crate::observe::{progress, spark_api, telemetry};
 use crate::status::Shared;
 use crate::submit::{self, LaunchOptions, Prepared, SystemView};
 use crate::supervisor::signals::{Request, Signals};
@@ -94,7 +96,7 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
     let Ok(ready) = startup(&mut signals, &shared, move || prepare(loaded, resolved)).await else {
         return Ok(0);
     };
-    let (loaded, resolved, system, prepared, cds) = ready?;
+    let (loaded, resolved, system, prepared, cds, site) = ready?;
 
     let (current_tx, current_rx) = attempt::current_channel();
     let (spark_tx, spark_rx) = attempt::spark_channel();
@@ -108,6 +110,19 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
             spark_tx,
         ),
     );
+    shared.require_caught_up(loaded.config.probes.ready_requires_caught_up);
+    if loaded.config.telemetry.enabled {
+        tokio::spawn(telemetry::watch(
+            shared.clone(),
+            loaded.config.telemetry.clone(),
+            site.clone(),
+            telemetry::Inputs {
+                current: current_rx.clone(),
+                spark: spark_rx.clone(),
+            },
+        ));
+    }
+    let shipping = start_shipping(&shared, &loaded.config, &site, current_rx.clone()).await?;
     let (stall_tx, stalls) = mpsc::channel(16);
     let (stop_tx, stops) = stop::channel();
     let watcher = loaded.config.checkpoint.dir.is_some().then(|| {
@@ -159,6 +174,11 @@ async fn run_async(overrides: Overrides) -> Result<i32> {
             EXIT_INTERNAL
         }
     };
+    if let Some((stop, task)) = shipping {
+        info!("last event log sync");
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     for t in [Some(server), Some(poller), watcher].into_iter().flatten() {
         t.abort();
     }
@@ -199,7 +219,7 @@ where
     }
 }
 
-type Prepare = (Loaded, Resolved, SystemView, Prepared, jvm::Cds);
+type Prepare = (Loaded, Resolved, SystemView, Prepared, jvm::Cds, Site);
 
 /// The blocking part of start-up: host checks (which may wait a few
 /// seconds for ports a dying process still holds), sizing, the plan, the
@@ -210,7 +230,7 @@ fn prepare(loaded: Loaded, resolved: Resolved) -> Result<Prepare> {
     let system = SystemView::detect()?;
     let prepared = submit::prepare(&loaded, &resolved, &system)?;
     // Fail on plan errors now, not in the restart loop.
-    submit::build(
+    let first = submit::build(
         &loaded,
         &resolved,
         &prepared,
@@ -219,12 +239,26 @@ fn prepare(loaded: Loaded, resolved: Resolved) -> Result<Prepare> {
             ..Default::default()
         },
     )?;
-    // `java -version` runs before the reaper owns every wait.
+    // Where Spark writes its event logs, as the plan (with the user's own
+    // confs) tells it; Spark needs the directory to exist.
+    let site = Site::from_properties(&first.properties_map());
+    if let Some(dir) = &site.dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(config::ConfigError::at(
+                "eventlog.dir",
+                loaded.source_of(&["eventlog", "dir"]),
+                Some(format!("{:?}", dir.display().to_string())),
+                format!("cannot create it: {e}"),
+            ))
+        })?;
+    }
+    // Detects the driver's JVM (runs `java -version`) before the reaper owns
+    // every wait, and verifies the archive directory.
     let cds = jvm::Cds::new(
         jvm::Setup::detect(&loaded, &resolved, &prepared),
         loaded.config.checkpoint.dir.clone(),
     );
-    Ok((loaded, resolved, system, prepared, cds))
+    Ok((loaded, resolved, system, prepared, cds, site))
 }
 
 /// Which Spark runs, and a warning when it is not a tested line.
@@ -271,4 +305,52 @@ async fn emergency_stop(
         child::kill_tree(group);
         reaper.wait_no_children(Duration::from_secs(10)).await;
     }
+}
+
+/// The event log shipper (S3 upload and local retention), when sparkvisor
+/// turned Spark's event log on; its stop sender and task.
+async fn start_shipping(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    site: &Site,
+    current: watch::Receiver<crate::attempt::Current>,
+) -> Result<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
+    let ev = &cfg.eventlog;
+    let dir = match (&site.dir, cfg.eventlog_dir()) {
+        (Some(d), Some(_)) => d.clone(),
+        _ => {
+            if ev.s3_uri.is_some() {
+                warn!(
+                    reason = site.problem.as_deref().unwrap_or(""),
+                    "eventlog.s3_uri is set but the event log is not in a local directory: nothing is shipped"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    let target = match &ev.s3_uri {
+        Some(uri) => {
+            let location = crate::s3::Location::parse(uri).map_err(|e| {
+                Error::Config(config::ConfigError::new(format!("eventlog.s3_uri: {e}")))
+            })?;
+            let store =
+                crate::s3::Store::connect(&eventlog::s3_settings(cfg), &location.bucket).await;
+            info!(uri = %location, interval = %ev.sync_interval, dir = %dir.display(), "shipping Spark's event logs to S3");
+            Some(ship::Target { store, location })
+        }
+        None => None,
+    };
+    let shipper = ship::Shipper::new(dir, target, ev.local_retention.bytes());
+    let doc = shipper.to_json();
+    shared.update(|s| ship::set_section(&mut s.eventlog, "shipping", doc));
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(ship::run(
+        shared.clone(),
+        shipper,
+        ev.sync_interval.get(),
+        current,
+        stop_rx,
+        ev.final_sync_timeout.get(),
+    ));
+    Ok(Some((stop, task)))
 }

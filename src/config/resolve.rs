@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::load::Loaded;
 use super::schema::Mode;
+use super::units::ByteSize;
 use super::{ConfigError, Source};
 
 /// A value and where it came from.
@@ -104,6 +105,7 @@ pub fn resolve_with(
     check_sizing(loaded)?;
     check_s3(loaded)?;
     check_downloads(loaded)?;
+    check_eventlog(loaded)?;
     Ok(Resolved {
         spark_home,
         spark_submit,
@@ -515,6 +517,81 @@ fn check_downloads(loaded: &Loaded) -> Result<(), ConfigError> {
                 "must be longer than zero",
             ));
         }
+    }
+
+    Ok(())
+}
+
+/// `[eventlog]` and `[telemetry]`: a valid URI, an absolute local
+/// directory, sizes Spark accepts.
+fn check_eventlog(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let src = |k: &[&str]| loaded.source_of(k);
+    let ev = &cfg.eventlog;
+    if let Some(uri) = &ev.s3_uri {
+        parse_s3_uri(uri).map_err(|why| {
+            ConfigError::at(
+                "eventlog.s3_uri",
+                src(&["eventlog", "s3_uri"]),
+                Some(format!("{uri:?}")),
+                why,
+            )
+        })?;
+    }
+    if let Some(d) = &ev.dir {
+        let text = d.display().to_string();
+        if text.contains("://") || !d.is_absolute() {
+            return Err(ConfigError::at(
+                "eventlog.dir",
+                src(&["eventlog", "dir"]),
+                Some(format!("{text:?}")),
+                "must be an absolute local path (Spark writes its event logs there; \
+                 eventlog.s3_uri says where they are shipped)",
+            ));
+        }
+    }
+    if ev.max_file_size < ByteSize::mib(10) {
+        return Err(ConfigError::at(
+            "eventlog.max_file_size",
+            src(&["eventlog", "max_file_size"]),
+            Some(format!("\"{}\"", ev.max_file_size)),
+            "must be at least 10MiB (Spark's minimum for spark.eventLog.rolling.maxFileSize)",
+        ));
+    }
+    if ev.local_retention < ev.max_file_size {
+        return Err(ConfigError::at(
+            "eventlog.local_retention",
+            src(&["eventlog", "local_retention"]),
+            Some(format!("\"{}\"", ev.local_retention)),
+            format!(
+                "must be at least eventlog.max_file_size ({}): the file Spark is writing is never deleted",
+                ev.max_file_size
+            ),
+        ));
+    }
+    if ev.sync_interval.is_zero() {
+        return Err(ConfigError::at(
+            "eventlog.sync_interval",
+            src(&["eventlog", "sync_interval"]),
+            Some("\"0s\"".into()),
+            "must be longer than zero",
+        ));
+    }
+    if cfg.telemetry.poll_interval.is_zero() {
+        return Err(ConfigError::at(
+            "telemetry.poll_interval",
+            src(&["telemetry", "poll_interval"]),
+            Some("\"0s\"".into()),
+            "must be longer than zero",
+        ));
+    }
+    if cfg.probes.ready_requires_caught_up && !cfg.telemetry.enabled {
+        return Err(ConfigError::at(
+            "probes.ready_requires_caught_up",
+            src(&["probes", "ready_requires_caught_up"]),
+            Some("true".into()),
+            "needs telemetry.enabled = true (whether a query is behind comes from its progress)",
+        ));
     }
 
     Ok(())

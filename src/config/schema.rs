@@ -22,6 +22,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub checkpoint: CheckpointConfig,
     pub probes: ProbesConfig,
+    pub telemetry: TelemetryConfig,
+    pub eventlog: EventLogConfig,
     pub jvm: JvmConfig,
     pub log: LogConfig,
 }
@@ -398,6 +400,9 @@ pub struct ProbesConfig {
     /// `/health` turns 503 when the supervisor loop, and the long step it
     /// waits on, made no progress for this long.
     pub wedge_window: HumanDuration,
+    /// `/ready` answers 503 while a streaming query is behind
+    /// (`[telemetry] behind_window`).
+    pub ready_requires_caught_up: bool,
 }
 
 impl Default for ProbesConfig {
@@ -407,7 +412,96 @@ impl Default for ProbesConfig {
             spark_ui: "http://127.0.0.1:4040".into(),
             poll_interval: HumanDuration::secs(2),
             wedge_window: HumanDuration::secs(30),
+            ready_requires_caught_up: false,
         }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Per-query progress (read from Spark's event log) in `/metrics` and
+    /// `/status`; turns on Spark's event log in `eventlog.dir`.
+    pub enabled: bool,
+    /// How often new progress events are read.
+    pub poll_interval: HumanDuration,
+    /// A query is behind when its backlog grew, or it processed rows more
+    /// slowly than they arrived, for this long ("0s" = never behind).
+    pub behind_window: HumanDuration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            poll_interval: HumanDuration::secs(1),
+            behind_window: HumanDuration::secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventLogConfig {
+    /// `s3://bucket/prefix` for the Spark History Server; shipping is off
+    /// when unset.
+    pub s3_uri: Option<String>,
+    /// Default: `checkpoint.s3.endpoint`.
+    pub endpoint: Option<String>,
+    /// Default: `checkpoint.s3.region`.
+    pub region: Option<String>,
+    /// Default: `checkpoint.s3.force_path_style`.
+    pub force_path_style: Option<bool>,
+    /// Where Spark writes its rolling event logs; default `eventlog` beside
+    /// `checkpoint.dir`, else under `supervisor.runtime_dir`.
+    pub dir: Option<PathBuf>,
+    /// How often new and grown files are uploaded.
+    pub sync_interval: HumanDuration,
+    /// Spark rolls to a new event file beyond this size (at least 10 MiB).
+    pub max_file_size: ByteSize,
+    /// Local event files beyond this total are deleted, oldest first.
+    pub local_retention: ByteSize,
+    /// Time allowed for the last upload when sparkvisor exits.
+    pub final_sync_timeout: HumanDuration,
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        EventLogConfig {
+            s3_uri: None,
+            endpoint: None,
+            region: None,
+            force_path_style: None,
+            dir: None,
+            sync_interval: HumanDuration::secs(30),
+            max_file_size: ByteSize::mib(10),
+            local_retention: ByteSize::mib(256),
+            final_sync_timeout: HumanDuration::secs(20),
+        }
+    }
+}
+
+impl Config {
+    /// The local directory Spark writes event logs into, when sparkvisor
+    /// turns them on (telemetry, or shipping to S3): `eventlog.dir`, else
+    /// `eventlog` beside `checkpoint.dir` (the checkpoint volume's parent),
+    /// else under `supervisor.runtime_dir`.
+    pub fn eventlog_dir(&self) -> Option<PathBuf> {
+        if !self.telemetry.enabled && self.eventlog.s3_uri.is_none() {
+            return None;
+        }
+        if let Some(d) = &self.eventlog.dir {
+            return Some(d.clone());
+        }
+        Some(
+            self.checkpoint
+                .dir
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| p.join("eventlog"))
+                .unwrap_or_else(|| self.supervisor.runtime_dir.join("eventlog")),
+        )
     }
 }
 

@@ -108,6 +108,13 @@ pub struct Status {
     pub jvm: serde_json::Value,
     /// The long step the supervisor waits on, if any (filled by `snapshot`).
     pub step: Option<StepView>,
+    /// Per streaming query: its latest progress as Spark reported it and
+    /// whether it is behind (telemetry).
+    pub queries: serde_json::Value,
+    /// Labels of the queries that are behind now.
+    pub behind: Vec<String>,
+    /// Spark's event log: local directory, shipping to S3.
+    pub eventlog: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -138,6 +145,9 @@ impl Status {
             s3: serde_json::Value::Null,
             jvm: serde_json::Value::Null,
             step: None,
+            queries: serde_json::Value::Array(Vec::new()),
+            behind: Vec::new(),
+            eventlog: serde_json::Value::Null,
         }
     }
 }
@@ -159,6 +169,8 @@ pub struct Shared {
     wedge_ms: AtomicU64,
     /// The long step in progress.
     step: Mutex<Option<Arc<Step>>>,
+    /// `probes.ready_requires_caught_up`.
+    require_caught_up: AtomicBool,
 }
 
 /// The current step while it lives; ends the step when dropped.
@@ -199,6 +211,7 @@ impl Shared {
             rendered: Mutex::new(None),
             wedge_ms: AtomicU64::new(WEDGED_AFTER.as_millis() as u64),
             step: Mutex::new(None),
+            require_caught_up: AtomicBool::new(false),
         }
     }
 
@@ -228,7 +241,9 @@ impl Shared {
         let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         f(&mut s);
-        let ready = s.state == Phase::Running && self.spark_ui_ok.load(Ordering::SeqCst);
+        let ready = s.state == Phase::Running
+            && self.spark_ui_ok.load(Ordering::SeqCst)
+            && self.caught_up(&s).is_ok();
         s.ready = ready;
         self.metrics.ready.set(i64::from(ready));
     }
@@ -272,6 +287,28 @@ impl Shared {
     pub fn heartbeat_age(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Makes `/ready` wait for every query to catch up
+    /// (`probes.ready_requires_caught_up`).
+    pub fn require_caught_up(&self, on: bool) {
+        self.require_caught_up.store(on, Ordering::SeqCst);
+        self.update(|_| {});
+    }
+
+    fn caught_up(&self, s: &Status) -> Result<(), String> {
+        if !self.require_caught_up.load(Ordering::SeqCst) || s.behind.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "streaming quer{} behind: {} (probes.ready_requires_caught_up)",
+            if s.behind.len() == 1 {
+                "y is"
+            } else {
+                "ies are"
+            },
+            s.behind.join(", ")
+        ))
     }
 
     /// Records whether Spark's REST API answered (the poller's copy for
@@ -348,7 +385,7 @@ impl Shared {
     pub fn readiness(&self) -> Result<(), String> {
         let s = self.status.read().unwrap_or_else(|p| p.into_inner());
         match s.state {
-            Phase::Running if s.spark_ui.ok => Ok(()),
+            Phase::Running if s.spark_ui.ok => self.caught_up(&s),
             Phase::Running => Err(format!(
                 "Spark REST API not answering at {}",
                 s.spark_ui.url
@@ -460,6 +497,22 @@ mod tests {
         assert!(s.snapshot().step.is_none());
         // The loop's own heartbeat starts again when the step ends.
         assert!(s.liveness().is_ok());
+    }
+
+    #[test]
+    fn readiness_can_wait_for_queries_to_catch_up() {
+        let s = Shared::new();
+        s.update(|st| st.state = Phase::Running);
+        s.set_spark_ui(true, None);
+        s.update(|st| st.behind = vec!["orders".into()]);
+        assert!(s.readiness().is_ok(), "off by default");
+        s.require_caught_up(true);
+        let why = s.readiness().unwrap_err();
+        assert!(why.contains("orders"), "{why}");
+        assert_eq!(s.metrics.ready.get(), 0);
+        s.update(|st| st.behind.clear());
+        assert!(s.readiness().is_ok());
+        assert_eq!(s.metrics.ready.get(), 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupFs, HostInfo, Limits};
-use crate::config::{ConfigError, Loaded, Mode, Resolved, Source};
+use crate::config::{Config, ConfigError, Loaded, Mode, Resolved, Source};
 use crate::error::Error;
 use crate::redact;
 use crate::sizing::{self, Sizing, SizingInput};
@@ -550,7 +550,45 @@ fn computed_properties(
         metrics_ns,
         "stable metric names across restarts (the default is the app id, new on every start)",
     );
+    for (k, v, why) in event_log_properties(cfg) {
+        put(k, v, why);
+    }
     computed
+}
+
+/// Rolling event logs in the local `eventlog.dir`, when telemetry reads them
+/// or they are shipped to S3.
+fn event_log_properties(cfg: &Config) -> Vec<(&'static str, String, &'static str)> {
+    let Some(dir) = cfg.eventlog_dir() else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "spark.eventLog.enabled",
+            "true".into(),
+            "telemetry.enabled or eventlog.s3_uri: query progress is read from the event log",
+        ),
+        (
+            "spark.eventLog.dir",
+            format!("file:{}", dir.display()),
+            "eventlog.dir",
+        ),
+        (
+            "spark.eventLog.rolling.enabled",
+            "true".into(),
+            "completed files are shipped once, local retention is bounded",
+        ),
+        (
+            "spark.eventLog.rolling.maxFileSize",
+            cfg.eventlog.max_file_size.bytes().to_string(),
+            "eventlog.max_file_size",
+        ),
+        (
+            "spark.eventLog.compress",
+            "false".into(),
+            "progress events are read while Spark writes them (Spark 4 compresses by default)",
+        ),
+    ]
 }
 
 /// Merges: the user wins, but JVM options are combined (the user's last,

@@ -376,3 +376,44 @@ fn executor_prefixes_are_dns_labels() {
     assert_eq!(executor_prefix("123", 1), "s123-a1");
     assert_eq!(executor_prefix("--", 1), "spark-a1");
 }
+
+#[test]
+fn event_logs_for_telemetry_and_shipping() {
+    let e = Env::new();
+    let props = e.plan("", &[]).unwrap().properties_map();
+    assert_eq!(props["spark.eventLog.enabled"], "true");
+    // Beside the checkpoint dir (/ckpt's parent is /).
+    assert_eq!(props["spark.eventLog.dir"], "file:/eventlog");
+    assert_eq!(props["spark.eventLog.rolling.enabled"], "true");
+    assert_eq!(props["spark.eventLog.rolling.maxFileSize"], "10485760");
+    assert_eq!(props["spark.eventLog.compress"], "false");
+    let off = e
+        .plan("[telemetry]\nenabled = false\n", &[])
+        .unwrap()
+        .properties_map();
+    assert!(!off.contains_key("spark.eventLog.enabled"));
+    let shipped = e
+        .plan(
+            "[telemetry]\nenabled = false\n[eventlog]\ns3_uri = \"s3://b/h\"\ndir = \"/ev\"\n",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(shipped.properties_map()["spark.eventLog.dir"], "file:/ev");
+    // The user's own value wins, as always.
+    let user = e
+        .plan("[spark.conf]\n\"spark.eventLog.compress\" = true\n", &[])
+        .unwrap();
+    assert_eq!(user.properties_map()["spark.eventLog.compress"], "true");
+    assert!(
+        e.plan("[eventlog]\ndir = \"ev\"\n", &[])
+            .unwrap_err()
+            .to_string()
+            .contains("eventlog.dir")
+    );
+    assert!(
+        e.plan("[eventlog]\nmax_file_size = \"1MiB\"\n", &[])
+            .unwrap_err()
+            .to_string()
+            .contains("10MiB")
+    );
+}

@@ -61,9 +61,16 @@ true
 {{- end -}}
 {{- end }}
 
+{{/* "true" when Spark writes event logs to config.eventlog.dir (telemetry or shipping). */}}
+{{- define "sparkvisor.eventlog" -}}
+{{- if and .Values.config.eventlog.dir (or .Values.config.telemetry.enabled .Values.config.eventlog.s3_uri) -}}
+true
+{{- end -}}
+{{- end }}
+
 {{/* "true" when the pod needs a ServiceAccount of its own. */}}
 {{- define "sparkvisor.needsServiceAccount" -}}
-{{- if or (include "sparkvisor.clientK8s" .) (include "sparkvisor.s3" .) -}}
+{{- if or (include "sparkvisor.clientK8s" .) (include "sparkvisor.s3" .) .Values.config.eventlog.s3_uri -}}
 true
 {{- end -}}
 {{- end }}
@@ -121,11 +128,14 @@ a string of NUMBER+UNIT parts ("30s", "1m 30s", "500ms"; units ms s m h d).
 {{- end -}}
 {{- end }}
 
-{{/* terminationGracePeriodSeconds: stop_grace (+ final S3 sync) + margin. */}}
+{{/* terminationGracePeriodSeconds: stop_grace (+ final S3 sync, + last event log upload) + margin. */}}
 {{- define "sparkvisor.terminationGrace" -}}
 {{- $grace := int64 (include "sparkvisor.seconds" .Values.config.supervisor.stop_grace) -}}
 {{- if include "sparkvisor.s3" . -}}
 {{- $grace = add $grace (int64 (include "sparkvisor.seconds" .Values.config.checkpoint.s3.final_sync_timeout)) -}}
+{{- end -}}
+{{- if .Values.config.eventlog.s3_uri -}}
+{{- $grace = add $grace (int64 (include "sparkvisor.seconds" .Values.config.eventlog.final_sync_timeout)) -}}
 {{- end -}}
 {{- add $grace .Values.terminationGraceMarginSeconds -}}
 {{- end }}

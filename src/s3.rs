@@ -645,7 +645,6 @@ impl Store {
         }))
     }
 
-
     /// Starts reading an object from byte `from` up to `to` (exclusive;
     /// `None`: to its end). The body is read with [`Body::next_chunk`];
     /// the caller bounds each wait (the SDK has no timeout for a body).

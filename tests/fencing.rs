@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::moto::{MotoServer, s3_env, s3_table, settings_for};
 use common::fault_proxy::{Mode, Proxy};
+use common::moto::{MotoServer, s3_env, s3_table, settings_for};
 use common::s3::{BUCKET, S3Server};
 use common::*;
 use nix::sys::signal::Signal;

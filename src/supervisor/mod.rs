@@ -196,20 +196,15 @@ impl Supervisor {
             }
         }
         let fence = self.fence.take();
-        let replica = match replica::start(
-            shared.clone(),
-            &self.ctx.loaded.config,
-            &self.tasks,
-            fence,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot start checkpoint replication");
-                return 2;
-            }
-        };
+        let replica =
+            match replica::start(shared.clone(), &self.ctx.loaded.config, &self.tasks, fence).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %e, "cannot start checkpoint replication");
+                    return 2;
+                }
+            };
         let code = self.supervise().await;
         if self.failure.is_some() {
             return self.fail_exit(replica).await;

@@ -110,13 +110,15 @@ test:
 
 # `cargo test --all-targets` builds examples as test harnesses only; the
 # tests run the example binaries (checkpoint_sync), so build them first.
+# The whole suite runs even after a failing test binary (--no-fail-fast), so
+# one run shows every failure.
 # The test build has the test-only fault injection (tests/faults.rs;
 # src/fault.rs), which release builds never have. The default Spark is
 # SPARK_HOME; the tests find the other lines' venvs.
 test-all: java venvs s3s-fs faketime promtool lint
 	cargo build --examples --features fault-injection
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
-	  cargo test --all-targets --features fault-injection -- --test-threads=2
+	  cargo test --all-targets --features fault-injection --no-fail-fast -- --test-threads=2
 
 # The checkpoint fixtures (tests/fixtures/checkpoints/spark-<line>), made by
 # real Spark of each supported line; holds the machine-wide Spark lock.

@@ -236,6 +236,10 @@ pub struct SupervisorConfig {
     pub backoff_initial: HumanDuration,
     pub backoff_max: HumanDuration,
     pub backoff_reset_after: HumanDuration,
+    /// Back off also after an attempt that committed a batch (the old
+    /// rule: only a long run resets the delay). Default false: such an
+    /// attempt is restarted at once and not counted in the budget.
+    pub backoff_after_progress: bool,
     pub max_restarts: u32,
     pub restart_window: HumanDuration,
     pub stop_grace: HumanDuration,
@@ -267,6 +271,7 @@ impl Default for SupervisorConfig {
             backoff_initial: HumanDuration::secs(2),
             backoff_max: HumanDuration::secs(60),
             backoff_reset_after: HumanDuration::secs(120),
+            backoff_after_progress: false,
             max_restarts: 10,
             restart_window: HumanDuration::secs(30 * 60),
             stop_grace: HumanDuration::secs(30),

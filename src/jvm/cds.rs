@@ -18,11 +18,17 @@
 //! `sparkvisor_jvm_cds_archive_used` is 1 only while the current attempt's
 //! JVM runs with the archive, as its own log says; the watcher belongs to
 //! one attempt and is cancelled when that attempt ends. A JVM never gets a
-//! stop signal while it links or dumps on request: Java 17 crashed here
-//! when its shutdown began right after a `VM.cds dynamic_dump` request
-//! (the exit path dumped a second time, concurrently), so the supervisor
-//! waits for [`Cds::quiesce`] before signalling, and no dump starts once a
-//! stop has begun.
+//! stop signal while it dumps on request: Java 17 crashed here when its
+//! shutdown began right after a `VM.cds dynamic_dump` request (the exit
+//! path dumped a second time, concurrently), so the supervisor waits for
+//! [`Cds::quiesce`] before signalling, and no dump starts once a stop has
+//! begun. The linking before the dump (Java 17–18, tens of seconds on a
+//! loaded node) does not hold a stop: a JVM may end while it links. A
+//! driver that ends during the linking or the dump (crash, kill) costs
+//! only that attempt's archive, never the running dump of later attempts.
+//! While the driver links and dumps, its REST API is silent; sparkvisor
+//! marks the pause as its own (`Shared::begin_pause`) so `/ready` does
+//! not flap.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -639,11 +645,13 @@ async fn dump_while_running(inner: &Arc<Inner>, shared: &Arc<Shared>, mut run: D
     if let Err(Unfit { why, give_up_cds }) = fit_for_dump(run.pid) {
         return fail(why, true, give_up_cds);
     }
-    // No stop signal reaches the JVM while it links or dumps (see the
-    // module doc); none may have begun already. `closed` is held until the
-    // archive is promoted, so that a stop does not cut the promotion short.
-    let closed = inner.gate.lock().await;
-    if *closed == Some(attempt) {
+    let stopping = || {
+        inner
+            .gate
+            .try_lock()
+            .is_ok_and(|closed| *closed == Some(attempt))
+    };
+    if stopping() {
         inner.update(shared, attempt, |st| {
             st.attempt.dump = "skipped: the app is stopping".into()
         });
@@ -651,13 +659,46 @@ async fn dump_while_running(inner: &Arc<Inner>, shared: &Arc<Shared>, mut run: D
     }
     info!(attempt, pid = run.pid, file = %run.partial.display(), "the driver committed a batch: asking it to write its CDS archive");
     let t0 = Instant::now();
+    // The JVM's API is silent while it links and dumps: not a reason to
+    // take the pod out of service.
+    shared.begin_pause("the driver is writing its CDS archive");
+    let _resume = Resume(shared);
+    // Linking runs outside the gate: a stop may end the JVM meanwhile
+    // (that only cuts the linking short); the dump request may not.
     link_first(inner, shared, attempt, run.pid).await;
+    if !alive(run.pid) {
+        // The driver ended (crash, kill) during the linking: this attempt
+        // has no archive, later attempts still try.
+        inner.update(shared, attempt, |st| {
+            st.attempt.dump = "skipped: the driver ended while linking".into()
+        });
+        return;
+    }
+    // No stop signal reaches the JVM while it dumps (see the module doc);
+    // none may have begun already. `closed` is held until the archive is
+    // promoted, so that a stop does not cut the promotion short.
+    let closed = inner.gate.lock().await;
+    if *closed == Some(attempt) {
+        inner.update(shared, attempt, |st| {
+            st.attempt.dump = "skipped: the app is stopping".into()
+        });
+        return;
+    }
     inner.update(shared, attempt, |st| st.attempt.dump = "dumping".into());
     let command = format!("VM.cds dynamic_dump {}", run.partial.display());
     let pid = run.pid;
     let res = tokio::task::spawn_blocking(move || attach::jcmd(pid, &command, DUMP_TIMEOUT)).await;
     let out = match res {
         Ok(Ok(out)) => out,
+        // A driver that died during the request says nothing about
+        // attaching: later attempts keep the running dump.
+        Ok(Err(e)) if !alive(pid) => {
+            return fail(
+                format!("the driver ended during the dump ({e})"),
+                false,
+                false,
+            );
+        }
         Ok(Err(e)) => return fail(e.to_string(), true, false),
         Err(e) => return fail(e.to_string(), false, false),
     };
@@ -777,6 +818,26 @@ async fn link_first(inner: &Inner, shared: &Shared, attempt: u32, pid: i32) {
             "could not link the driver's loaded classes; its archive will leave out the unlinked ones"),
         Err(e) => warn!(attempt, error = %e, "linking the driver's classes failed"),
     }
+}
+
+/// Ends sparkvisor's pause of the app when dropped.
+struct Resume<'a>(&'a Shared);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.end_pause();
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        !matches!(state, None | Some("Z") | Some("X"))
+    })
 }
 
 /// The argv of a process from /proc.

@@ -7,8 +7,8 @@
 //! seven), so cardinality stays small; every metric has HELP text.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::exit::ExitClass;
@@ -37,6 +37,8 @@ pub struct Metrics {
     pub jvm_cds_archive_used: IntGauge,
     pub drain_seconds: Gauge,
     pub drain_timeouts_total: IntCounter,
+    pub recovery_seconds: Gauge,
+    pub recovery_duration_seconds: Histogram,
     pub query_input_rows_per_second: GaugeVec,
     pub query_processed_rows_per_second: GaugeVec,
     pub query_batch_duration_seconds: GaugeVec,
@@ -160,6 +162,20 @@ impl Metrics {
             s3_fenced: reg(&r, &n, IntGauge::with_opts(opts("s3_fenced", "1 when another sparkvisor took the checkpoint replica over: this one writes and deletes nothing more in S3")).unwrap()),
             drain_seconds: reg(&r, &n, Gauge::with_opts(opts("drain_seconds", "Duration of the last drain: from the stop request until the batches then in flight committed (or the timeout)")).unwrap()),
             drain_timeouts_total: reg(&r, &n, IntCounter::with_opts(opts("drain_timeouts_total", "Drains that reached supervisor.drain_timeout with batches uncommitted")).unwrap()),
+            recovery_seconds: reg(&r, &n, Gauge::with_opts(opts("recovery_seconds", "The last recovery: from a failed attempt's end to the next committed batch (0 before the first)")).unwrap()),
+            recovery_duration_seconds: reg(
+                &r,
+                &n,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "recovery_duration_seconds",
+                        "Recoveries: from a failed attempt's end to the next committed batch",
+                    )
+                    .namespace("sparkvisor")
+                    .buckets(crate::status::RECOVERY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
             names: Vec::new(),
             registry: r,
         };
@@ -234,6 +250,8 @@ mod tests {
             "drain_seconds",
             "drain_timeouts_total",
             "s3_fenced",
+            "recovery_seconds",
+            "recovery_duration_seconds",
         ] {
             assert!(
                 text.contains(&format!("# HELP sparkvisor_{name} ")),

@@ -108,6 +108,12 @@ pub struct Status {
     pub jvm: serde_json::Value,
     /// The long step the supervisor waits on, if any (filled by `snapshot`).
     pub step: Option<StepView>,
+    /// A pause of the app sparkvisor caused (readiness does not follow a
+    /// silent Spark API meanwhile).
+    pub paused: Option<String>,
+    /// The last recovery: from a failed attempt's end to the next
+    /// attempt's first committed batch, with its phases.
+    pub last_recovery: serde_json::Value,
     /// Per streaming query: its latest progress as Spark reported it and
     /// whether it is behind (telemetry).
     pub queries: serde_json::Value,
@@ -145,6 +151,8 @@ impl Status {
             s3: serde_json::Value::Null,
             jvm: serde_json::Value::Null,
             step: None,
+            paused: None,
+            last_recovery: serde_json::Value::Null,
             queries: serde_json::Value::Array(Vec::new()),
             behind: Vec::new(),
             eventlog: serde_json::Value::Null,
@@ -171,7 +179,29 @@ pub struct Shared {
     step: Mutex<Option<Arc<Step>>>,
     /// `probes.ready_requires_caught_up`.
     require_caught_up: AtomicBool,
+    /// A pause of the app that sparkvisor itself caused (the driver writing
+    /// its CDS archive): Spark's API may be silent meanwhile.
+    pause: Mutex<Option<Pause>>,
 }
+
+/// See [`Shared::begin_pause`].
+#[derive(Clone, Debug)]
+struct Pause {
+    why: &'static str,
+    /// Spark's API answered when the pause began.
+    was_up: bool,
+    /// Set when the pause ended: it still covers the API until then.
+    until: Option<Instant>,
+}
+
+/// Buckets (seconds) of `sparkvisor_recovery_duration_seconds`.
+pub const RECOVERY_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
+];
+
+/// How long after a pause of its own sparkvisor still excuses a silent
+/// Spark API (the poller needs a turn or two to see it answer again).
+pub const PAUSE_AFTERGLOW: Duration = Duration::from_secs(5);
 
 /// The current step while it lives; ends the step when dropped.
 pub struct StepGuard<'a> {
@@ -212,6 +242,7 @@ impl Shared {
             wedge_ms: AtomicU64::new(WEDGED_AFTER.as_millis() as u64),
             step: Mutex::new(None),
             require_caught_up: AtomicBool::new(false),
+            pause: Mutex::new(None),
         }
     }
 
@@ -381,11 +412,51 @@ impl Shared {
         }
     }
 
-    /// Readiness: Ok only when the app runs and Spark's REST API answers.
+    /// sparkvisor pauses the app itself (`why`, e.g. the running driver
+    /// writes its CDS archive): until [`Shared::end_pause`] and
+    /// [`PAUSE_AFTERGLOW`] after it, a silent Spark API does not make the
+    /// pod unready, if it answered when the pause began.
+    pub fn begin_pause(&self, why: &'static str) {
+        let was_up = self.spark_ui_ok.load(Ordering::SeqCst);
+        *self.pause.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pause {
+            why,
+            was_up,
+            until: None,
+        });
+        self.update(|s| s.paused = Some(why.to_string()));
+    }
+
+    /// The pause of [`Shared::begin_pause`] is over.
+    pub fn end_pause(&self) {
+        if let Some(p) = self
+            .pause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            p.until = Some(Instant::now() + PAUSE_AFTERGLOW);
+        }
+        self.update(|s| s.paused = None);
+    }
+
+    /// Whether a pause of sparkvisor's own excuses a silent Spark API now.
+    fn excused(&self) -> Option<&'static str> {
+        let mut g = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        let p = g.as_ref()?;
+        if p.until.is_some_and(|u| Instant::now() >= u) {
+            *g = None;
+            return None;
+        }
+        p.was_up.then_some(p.why)
+    }
+
+    /// Readiness: Ok only when the app runs and Spark's REST API answers
+    /// (or is silent during a pause sparkvisor itself caused).
     pub fn readiness(&self) -> Result<(), String> {
         let s = self.status.read().unwrap_or_else(|p| p.into_inner());
         match s.state {
             Phase::Running if s.spark_ui.ok => self.caught_up(&s),
+            Phase::Running if self.excused().is_some() => self.caught_up(&s),
             Phase::Running => Err(format!(
                 "Spark REST API not answering at {}",
                 s.spark_ui.url
@@ -425,6 +496,27 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_of_our_own_keeps_readiness_while_spark_is_silent() {
+        let s = Shared::new();
+        s.update(|st| st.state = Phase::Running);
+        s.set_spark_ui(true, None);
+        s.begin_pause("writing the CDS archive");
+        s.set_spark_ui(false, Some("no answer within 2s".into()));
+        assert!(s.readiness().is_ok(), "excused while paused");
+        s.end_pause();
+        assert!(s.readiness().is_ok(), "and right after");
+        *s.pause.lock().unwrap() = Some(Pause {
+            why: "x",
+            was_up: true,
+            until: Some(Instant::now()),
+        });
+        assert!(s.readiness().is_err(), "not once the afterglow is over");
+        // A pause that began while Spark was silent excuses nothing.
+        s.begin_pause("writing the CDS archive");
+        assert!(s.readiness().is_err());
+    }
 
     #[test]
     fn readiness_needs_running_and_spark() {

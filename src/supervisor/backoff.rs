@@ -2,7 +2,10 @@
 //! healthy run, and the crash-loop budget. Pure; time is passed in.
 //!
 //! Invariants: the delay never exceeds `max`; without jitter, delays double
-//! from `initial`; a run of at least `reset_after` resets the sequence; the
+//! from `initial`; a run of at least `reset_after` resets the sequence; an
+//! attempt that committed a batch (progress) is not part of a crash loop:
+//! the next start is immediate and the sequence starts over (the caller
+//! leaves such restarts out of the budget, too); the
 //! budget refuses a restart once `max_restarts` restarts happened within
 //! `window` (so `max_restarts = 0` never restarts).
 
@@ -42,9 +45,13 @@ impl Backoff {
         }
     }
 
-    /// Records an attempt that ran for `runtime` and returns the delay
-    /// before the next start.
-    pub fn next_delay(&mut self, runtime: Duration, sample: f64) -> Duration {
+    /// Records an attempt that ran for `runtime` (and committed a batch
+    /// when `progressed`) and returns the delay before the next start.
+    pub fn next_delay(&mut self, runtime: Duration, progressed: bool, sample: f64) -> Duration {
+        if progressed {
+            self.failures = 0;
+            return Duration::ZERO;
+        }
         if runtime >= self.reset_after {
             self.failures = 0;
         }
@@ -138,11 +145,23 @@ mod tests {
     #[test]
     fn healthy_run_resets_the_sequence() {
         let mut b = Backoff::new(S(1), S(60), S(120));
-        assert_eq!(b.next_delay(S(5), 0.5), S(1));
-        assert_eq!(b.next_delay(S(5), 0.5), S(2));
-        assert_eq!(b.next_delay(S(5), 0.5), S(4));
-        assert_eq!(b.next_delay(S(300), 0.5), S(1));
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(1));
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(2));
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(4));
+        assert_eq!(b.next_delay(S(300), false, 0.5), S(1));
         assert_eq!(b.failures(), 1);
+    }
+
+    #[test]
+    fn progress_restarts_at_once_and_starts_the_sequence_over() {
+        let mut b = Backoff::new(S(1), S(60), S(120));
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(1));
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(2));
+        // Committed a batch, however short the run: no delay.
+        assert_eq!(b.next_delay(S(5), true, 0.5), Duration::ZERO);
+        assert_eq!(b.failures(), 0);
+        // The next attempt that dies without progress starts from initial.
+        assert_eq!(b.next_delay(S(5), false, 0.5), S(1));
     }
 
     #[test]

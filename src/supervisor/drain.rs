@@ -18,13 +18,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use super::commits::{CommitWatch, read};
+use crate::checkpoint::QueryProgress;
 
-use crate::checkpoint::{self, QueryProgress};
-
-/// How often the checkpoint is read while draining when no file event
-/// arrives (the fallback; inotify wakes the drain at once).
-pub const POLL: Duration = Duration::from_millis(100);
+use super::commits::POLL;
 
 /// A batch the drain waits for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,17 +64,6 @@ pub enum Outcome {
     },
 }
 
-/// Reads the checkpoint's progress off the async threads; empty when it
-/// cannot be read.
-async fn read(root: &Path) -> Vec<QueryProgress> {
-    let dir = root.to_path_buf();
-    tokio::task::spawn_blocking(move || checkpoint::refresh(&dir))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default()
-}
-
 /// The batches in flight now under `root` (the start of a drain).
 pub async fn in_flight(root: &Path) -> Vec<QueryProgress> {
     read(root)
@@ -85,64 +71,6 @@ pub async fn in_flight(root: &Path) -> Vec<QueryProgress> {
         .into_iter()
         .filter(|q| q.inflight_batch.is_some())
         .collect()
-}
-
-/// Wakes the drain as soon as a file lands in a watched `commits/` folder
-/// (Spark renames each commit into place), so the stop signal follows a
-/// commit within milliseconds, before the next batch can get far; the poll
-/// stays the fallback where inotify is unavailable.
-struct CommitWatch {
-    fd: tokio::io::unix::AsyncFd<Watched>,
-}
-
-/// The inotify instance, as tokio's reactor needs it.
-struct Watched(Inotify);
-
-impl std::os::fd::AsRawFd for Watched {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-impl CommitWatch {
-    fn new(queries: &[QueryProgress]) -> Option<CommitWatch> {
-        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-        for q in queries {
-            ino.add_watch(
-                &q.path.join("commits"),
-                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
-            )
-            .ok()?;
-        }
-        // SAFETY: `Watched` owns the inotify instance, so its descriptor
-        // stays open and the same for as long as the AsyncFd holds it.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                Watched(ino),
-                tokio::io::Interest::READABLE,
-            )
-        }
-        .ok()?;
-        Some(CommitWatch { fd })
-    }
-
-    /// Until something happened in a watched folder (or at most `limit`).
-    async fn changed(&self, limit: Duration) {
-        let ready = async {
-            loop {
-                let Ok(mut guard) = self.fd.readable().await else {
-                    return;
-                };
-                match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from))
-                {
-                    Ok(_) => return,
-                    Err(_would_block) => continue,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(limit, ready).await;
-    }
 }
 
 /// Waits until every batch of `at_stop` has committed, or `deadline`.

@@ -20,8 +20,10 @@
 
 pub mod backoff;
 pub mod child;
+pub mod commits;
 pub mod drain;
 pub mod reaper;
+pub mod recovery;
 pub mod repair;
 pub mod replica;
 pub mod signals;
@@ -90,6 +92,10 @@ struct Ended {
     stop_requested: bool,
     killed_for_stall: bool,
     runtime: Duration,
+    /// When its end was seen.
+    at: Instant,
+    /// It committed at least one batch.
+    progressed: bool,
 }
 
 /// After a stall, the JVM gets this long to print its thread dump (SIGQUIT)
@@ -113,6 +119,9 @@ pub struct Supervisor {
     last_oom: (Option<u64>, Option<u64>),
     /// Local copies of an app / py-files given as `s3://…`.
     artifacts: crate::artifacts::LocalArtifacts,
+    /// The recovery in progress: since a failed attempt ended, until the
+    /// next committed batch.
+    recovery: Option<recovery::Pending>,
     /// Spawns the replication tasks (essential).
     tasks: Tasks,
     /// The reaper's loop.
@@ -157,6 +166,7 @@ impl Supervisor {
             stop_signal,
             last_oom: (None, None),
             artifacts: Default::default(),
+            recovery: None,
             tasks,
             reaper_task,
             failure: None,
@@ -398,11 +408,14 @@ impl Supervisor {
                     stop_requested: false,
                     killed_for_stall: false,
                     runtime: Duration::ZERO,
+                    at: Instant::now(),
+                    progressed: false,
                 },
             };
             if !self.clean_up_attempt(attempt, ended.pid).await {
                 return 1;
             }
+            let cleaned_up = Instant::now();
             self.ctx
                 .cds
                 .after_exit(attempt, ended.term, &self.ctx.shared)
@@ -441,7 +454,11 @@ impl Supervisor {
                 return code;
             }
             let now = Instant::now();
-            if !self.budget.allows(now) {
+            // Progress (a committed batch) is not a crash loop: no delay, and
+            // the budget counts only restarts without progress.
+            let progressed =
+                ended.progressed && !self.ctx.loaded.config.supervisor.backoff_after_progress;
+            if !progressed && !self.budget.allows(now) {
                 let window = self.ctx.loaded.config.supervisor.restart_window;
                 error!(
                     max_restarts,
@@ -453,9 +470,19 @@ impl Supervisor {
                 let code = ended.term.code();
                 return if code == 0 { 1 } else { code };
             }
+            let failed_unix = unix_now() - ended.at.elapsed().as_secs_f64();
+            self.recovery
+                .get_or_insert_with(|| {
+                    recovery::Pending::new(ended.at, failed_unix, class.as_str())
+                })
+                .cleaned_up(cleaned_up);
             self.delete_old_executors(attempt).await;
-            let delay = self.backoff.next_delay(ended.runtime, fastrand::f64());
-            self.budget.record(now);
+            let delay = self
+                .backoff
+                .next_delay(ended.runtime, progressed, fastrand::f64());
+            if !progressed {
+                self.budget.record(now);
+            }
             let used = self.budget.used(now);
             shared
                 .metrics
@@ -470,7 +497,13 @@ impl Supervisor {
                 delay_ms = delay.as_millis() as u64,
                 restarts_in_window = used,
                 max_restarts,
-                "restarting after backoff"
+                progressed,
+                "{}",
+                if progressed {
+                    "restarting at once: the attempt had committed batches"
+                } else {
+                    "restarting after backoff"
+                }
             );
             if !self.wait_backoff(delay).await {
                 if self.failure.is_some() {
@@ -543,16 +576,32 @@ impl Supervisor {
     async fn start_and_wait(&mut self, plan: &LaunchPlan) -> Option<Ended> {
         let shared = self.ctx.shared.clone();
         let oom_before = self.ctx.system.limits.oom_kills();
+        // What "committed a batch" means for this attempt: newer than now.
+        let root = self.ctx.loaded.config.checkpoint.dir.clone();
+        let before = match &root {
+            Some(r) => Some(commits::newest(&commits::read(r).await)),
+            None => None,
+        };
+        let mut first_commit = root
+            .clone()
+            .zip(before.clone())
+            .map(|(r, b)| tokio::spawn(async move { commits::first_after(&r, b).await }));
         let mut cmd = child::command(plan);
         let (pid, exit_rx) = match self.reaper.spawn(&mut cmd) {
             Ok(x) => x,
             Err(e) => {
                 error!(program = %plan.spark_submit.display(), error = %e, "cannot start spark-submit");
                 shared.metrics.child_starts_total.inc();
+                if let Some(h) = first_commit {
+                    h.abort();
+                }
                 return None;
             }
         };
         let started = Instant::now();
+        if let Some(r) = self.recovery.as_mut() {
+            r.submitted(started);
+        }
         shared.metrics.child_starts_total.inc();
         shared.metrics.child_up.set(1);
         shared.update(|s| {
@@ -574,8 +623,24 @@ impl Supervisor {
             .started(attempt, self.ctx.spark.clone(), &self.ctx.shared);
         info!(pid = pid.as_raw(), attempt = plan.attempt, argv = ?plan.display_argv(), "started spark-submit");
 
-        let (term, stop_requested, killed_for_stall) =
-            self.wait_child(pid, plan.attempt, exit_rx).await;
+        let (term, stop_requested, killed_for_stall) = self
+            .wait_child(pid, plan.attempt, exit_rx, &mut first_commit)
+            .await;
+        let at = Instant::now();
+        // Still waiting for a commit: look once more (the attempt may have
+        // ended right after one).
+        let progressed = match (first_commit, &root, &before) {
+            (Some(h), Some(r), Some(b)) => {
+                h.abort();
+                let late = commits::committed_since(b, &commits::newest(&commits::read(r).await));
+                if late {
+                    self.recovered(plan.attempt, at);
+                }
+                late
+            }
+            (None, Some(_), _) => true,
+            _ => false,
+        };
         self.ctx.current.send_replace(None);
         shared.metrics.child_up.set(0);
         let runtime = started.elapsed();
@@ -587,6 +652,8 @@ impl Supervisor {
             stop_requested,
             killed_for_stall,
             runtime,
+            at,
+            progressed,
         })
     }
 
@@ -599,6 +666,7 @@ impl Supervisor {
         pid: Pid,
         attempt: u32,
         mut exit_rx: oneshot::Receiver<Termination>,
+        first_commit: &mut Option<tokio::task::JoinHandle<Instant>>,
     ) -> (Termination, bool, bool) {
         let shared = self.ctx.shared.clone();
         let grace = self.ctx.loaded.config.supervisor.stop_grace.get();
@@ -617,6 +685,12 @@ impl Supervisor {
                     // process is gone without a status.
                     let term = t.unwrap_or(Termination::Signaled(Signal::SIGKILL as i32));
                     return (term, stop_requested, stalled);
+                }
+                seen = async { first_commit.as_mut().expect("guarded").await }, if first_commit.is_some() => {
+                    *first_commit = None;
+                    if let Ok(at) = seen {
+                        self.recovered(attempt, at);
+                    }
                 }
                 Some(stall) = self.ctx.stalls.recv() => {
                     if stall.attempt != attempt || stop_requested || stalled {
@@ -839,6 +913,30 @@ impl Supervisor {
                 return false;
             }
         }
+    }
+
+    /// `attempt` committed its first batch at `at`: the recovery in
+    /// progress (if any) ends here and is published.
+    fn recovered(&mut self, attempt: u32, at: Instant) {
+        let Some(pending) = self.recovery.take() else {
+            return;
+        };
+        let up = self.ctx.spark.borrow().of(attempt).and_then(|s| s.up_since);
+        let done = pending.finish(attempt, up, at);
+        let shared = &self.ctx.shared;
+        shared.metrics.recovery_seconds.set(done.seconds);
+        shared
+            .metrics
+            .recovery_duration_seconds
+            .observe(done.seconds);
+        let doc = serde_json::to_value(&done).unwrap_or_default();
+        shared.update(|s| s.last_recovery = doc);
+        info!(
+            attempt,
+            seconds = done.seconds,
+            "{}",
+            recovery::describe(&done)
+        );
     }
 
     fn record_exit(&mut self, attempt: u32, ended: &Ended) -> ExitClass {

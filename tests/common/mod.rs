@@ -576,7 +576,7 @@ impl Running {
         &self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         wait_for(what, timeout, || self.status().filter(|s| pred(s)))
     }

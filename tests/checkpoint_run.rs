@@ -282,9 +282,10 @@ fn a_stalled_batch_is_restarted_and_the_stream_progresses() {
             .unwrap()
     };
     // The JVM printed a thread dump before it was killed.
+    let log = sv.log_text();
     assert!(
-        sv.log_text().contains("Full thread dump"),
-        "SIGQUIT should produce a thread dump"
+        log.contains("Full thread dump"),
+        "SIGQUIT should produce a thread dump:\n{log}"
     );
     // The re-run batch commits and the stream goes on.
     let query = d.join("checkpoint/stall");

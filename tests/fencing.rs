@@ -260,14 +260,21 @@ async fn a_fenced_writer_never_writes_or_deletes_again() {
     assert_eq!(a.stats().snapshot().files_total, uploaded);
     assert_eq!(a.stats().snapshot().objects_deleted_total, deleted_by_a);
     assert_eq!(lease_now(&store, &loc).await.holder, "bbbb");
-    // Its sync loop ends by itself, without a final sync.
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        a.run(Duration::from_millis(100), stop_rx, Duration::from_secs(5)),
-    )
-    .await
-    .expect("a fenced replicator's loop returns by itself");
+    // Its sync loop writes nothing more and, asked to end, ends without a
+    // final sync.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(a.run(Duration::from_millis(100), stop_rx, Duration::from_secs(5)));
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("a fenced replicator's loop ends when asked")
+        .unwrap();
+    assert_eq!(
+        manifests(&store, &loc).await,
+        before_m,
+        "no final sync once fenced"
+    );
+    assert_eq!(objects(&store, &loc).await, before_o);
 
     // B's manifests sort first, whatever A's numbers, and B collects A's
     // old manifests under its own lease without losing any of its objects.

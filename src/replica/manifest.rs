@@ -105,6 +105,9 @@ pub struct ManifestId {
     pub lease: u64,
     pub generation: u64,
     pub writer: String,
+    /// Named as before leases (`<generation>-<writer>.json`), read as
+    /// lease 0: its key is rendered that way again.
+    pub legacy: bool,
 }
 
 fn number(s: &str) -> Option<u64> {
@@ -116,6 +119,12 @@ fn number(s: &str) -> Option<u64> {
 impl ManifestId {
     /// The object key of this manifest under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
+        if self.legacy {
+            return join(
+                prefix,
+                &format!("manifests/{:020}-{}.json", self.generation, self.writer),
+            );
+        }
         join(prefix, &format!("manifests/{self}.json"))
     }
 
@@ -125,9 +134,9 @@ impl ManifestId {
         let dir = manifests_prefix(prefix);
         let name = key.strip_prefix(&dir)?.strip_suffix(".json")?;
         let parts: Vec<&str> = name.split('-').collect();
-        let (lease, generation, writer) = match parts[..] {
-            [l, g, w] => (number(l)?, number(g)?, w),
-            [g, w] => (0, number(g)?, w),
+        let (lease, generation, writer, legacy) = match parts[..] {
+            [l, g, w] => (number(l)?, number(g)?, w, false),
+            [g, w] => (0, number(g)?, w, true),
             _ => return None,
         };
         if writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -137,6 +146,7 @@ impl ManifestId {
             lease,
             generation,
             writer: writer.to_string(),
+            legacy,
         })
     }
 }
@@ -303,6 +313,7 @@ impl Manifest {
             lease: self.lease_generation,
             generation: self.generation,
             writer: self.writer.clone(),
+            legacy: false,
         }
     }
 
@@ -442,7 +453,18 @@ mod tests {
             lease,
             generation,
             writer: writer.into(),
+            legacy: false,
         }
+    }
+
+    #[test]
+    fn a_key_from_before_leases_is_read_as_lease_0_and_fetched_by_its_own_name() {
+        let key = "p/manifests/00000000000000000007-ab12.json";
+        let id = ManifestId::parse_key("p", key).unwrap();
+        assert_eq!((id.lease, id.generation, id.legacy), (0, 7, true));
+        assert_eq!(id.key("p"), key);
+        // Newer than any legacy manifest: a manifest under lease 1.
+        assert!(ManifestId::parse_key("p", &self::id(1, 1, "cd34").key("p")).unwrap() > id);
     }
 
     #[test]
@@ -457,7 +479,10 @@ mod tests {
         // The earlier layout reads as lease generation 0.
         assert_eq!(
             ManifestId::parse_key("", "manifests/00000000000000000007-x.json"),
-            Some(id(0, 7, "x"))
+            Some(ManifestId {
+                legacy: true,
+                ..id(0, 7, "x")
+            })
         );
         // Not manifests: other folders, temp names, short generations.
         assert_eq!(

@@ -411,7 +411,8 @@ impl Replicator {
     /// until `stop` turns true, then one last cycle bounded by
     /// `final_timeout`. A cycle in progress when `stop` turns true is
     /// abandoned (harmless: the manifest is written last). Once fenced it
-    /// returns at once, without a final cycle.
+    /// runs no more cycles and waits for `stop`, then returns without a
+    /// final cycle.
     pub async fn run(
         mut self,
         interval: Duration,
@@ -434,6 +435,10 @@ impl Replicator {
                 _ = stop.wait_for(|s| *s) => break,
             }
             if self.fenced().is_some() {
+                // Nothing more is written; the task lives on until the
+                // supervisor ends replication (an essential task that
+                // returned on its own would count as sparkvisor failing).
+                let _ = stop.wait_for(|s| *s).await;
                 return;
             }
         }

@@ -71,7 +71,7 @@ fn a_partitioned_pod_is_fenced_and_the_new_one_continues_exactly_once() {
         &moto.endpoint(),
         "orders",
         &format!(
-            "sync_interval = \"{}s\"\nretain_batches = 2\n[jvm]\ncds = \"off\"",
+            "sync_interval = \"{}s\"\nretain_batches = 2",
             SYNC.as_secs()
         ),
     );
@@ -102,11 +102,15 @@ fn a_partitioned_pod_is_fenced_and_the_new_one_continues_exactly_once() {
             &s3,
             port,
         );
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            &format!("dir = \"{}/checkpoint\"", dir.display()),
-            &format!("dir = \"{}\"", checkpoint.display()),
-        );
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(
+                &format!("dir = \"{}/checkpoint\"", dir.display()),
+                &format!("dir = \"{}\"", checkpoint.display()),
+            )
+            .replace("[jvm]\n", "[jvm]\ncds = \"off\"\n");
         assert!(text.contains(&checkpoint.display().to_string()));
+        assert!(text.contains("cds = \"off\""));
         write(dir, "sparkvisor.toml", &text)
     };
 

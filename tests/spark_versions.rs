@@ -247,14 +247,19 @@ fn core_path(line: &str) {
     );
     assert!(!log.contains("is not a tested line"), "{log}");
     // Spark's own Prometheus endpoints, from the confs sparkvisor sets
-    // (while the UI starts they answer "Spark is starting up").
+    // (while the UI starts they answer "Spark is starting up"; 3.5 and 4.0
+    // redirect the servlet's path to the same path with a trailing slash,
+    // which Prometheus follows).
     for (path, needle) in [
         ("/metrics/prometheus", "metrics_spark_driver_"),
         ("/metrics/executors/prometheus", "spark_info{"),
     ] {
         let mut last = None;
         let found = wait_until(SLOW, || {
-            let answer = http("GET", ui, path);
+            let mut answer = http("GET", ui, path);
+            if answer.as_ref().is_some_and(|(c, _)| *c == 302) {
+                answer = http("GET", ui, &format!("{path}/"));
+            }
             let ok = answer
                 .as_ref()
                 .is_some_and(|(c, body)| *c == 200 && body.contains(needle));

@@ -460,23 +460,34 @@ impl Replicator {
         }
     }
 
+    /// The local checkpoint's committed batches, for the lag in the stats.
+    fn note_local(&self, selection: &Selection) {
+        self.stats.detail().local = selection
+            .queries
+            .iter()
+            .map(|q| (q.path.clone(), q.latest_committed_batch))
+            .collect();
+    }
+
     async fn cycle(&mut self) -> Result<SyncReport, SyncError> {
         // Stop uploading at once when the replica is no longer ours.
-        self.check_lease().await?;
+        if let Err(e) = self.check_lease().await {
+            // S3 unreachable: the lag (`/status`) still follows the local
+            // checkpoint while the cycles fail.
+            if !matches!(e, SyncError::Fenced(_))
+                && let Ok(selection) = self.scan().await
+            {
+                self.note_local(&selection);
+            }
+            return Err(e);
+        }
         let mut uploaded_files = 0u64;
         let mut uploaded_bytes = 0u64;
         let mut last_moved = String::new();
         let mut done: Option<(Selection, Vec<FileEntry>)> = None;
         for _ in 0..MAX_SCANS {
             let selection = self.scan().await?;
-            {
-                let mut d = self.stats.detail();
-                d.local = selection
-                    .queries
-                    .iter()
-                    .map(|q| (q.path.clone(), q.latest_committed_batch))
-                    .collect();
-            }
+            self.note_local(&selection);
             if selection.files.is_empty() {
                 return Ok(SyncReport {
                     outcome: SyncOutcome::NothingToSync,

@@ -63,7 +63,7 @@ pub fn install_panic_hook() {
                 return;
             }
             let thread = std::thread::current();
-            let message = crate::tasks::panic_message(info.payload());
+            let message = panic_message(info.payload());
             let backtrace = std::backtrace::Backtrace::capture();
             let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
                 .then(|| backtrace.to_string());
@@ -76,4 +76,15 @@ pub fn install_panic_hook() {
             );
         }));
     });
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
 }

@@ -132,21 +132,10 @@ impl Essential {
 
 /// "panicked at FILE:LINE:COL: message" for a caught panic on this thread.
 pub fn panic_reason(payload: &(dyn Any + Send)) -> String {
-    let msg = panic_message(payload);
+    let msg = crate::logging::panic_message(payload);
     match crate::logging::take_panic_location() {
         Some(at) => format!("panicked at {at}: {msg}"),
         None => format!("panicked: {msg}"),
-    }
-}
-
-/// The message of a panic payload (`panic!` with a literal or a format).
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
     }
 }
 

@@ -23,14 +23,21 @@ use serde_json::Value;
 
 const SLOW: Duration = Duration::from_secs(240);
 
-/// Appends the telemetry (and optionally event log) settings to a
-/// [`streaming_config`] file, whose last section is `[probes]`.
+/// Adds the telemetry (and optionally event log) settings to a
+/// [`streaming_config`] file: `probes` are more keys of its `[probes]`,
+/// `extra` more tables; CDS off.
 fn with_telemetry(cfg: &Path, probes: &str, extra: &str) {
     let mut text = std::fs::read_to_string(cfg).unwrap();
-    text.push_str(probes);
-    text.push_str(
-        "\n[telemetry]\npoll_interval = \"250ms\"\nbehind_window = \"6s\"\n[jvm]\ncds = \"off\"\n",
-    );
+    // CDS off, in the [jvm] table the configuration may already have.
+    if text.contains("\n[jvm]\n") {
+        text = text.replace("\n[jvm]\n", "\n[jvm]\ncds = \"off\"\n");
+    } else {
+        text.push_str("\n[jvm]\ncds = \"off\"\n");
+    }
+    // More keys of [probes], in its table.
+    assert!(text.contains("\n[probes]\n"), "{text}");
+    text = text.replace("\n[probes]\n", &format!("\n[probes]\n{probes}"));
+    text.push_str("\n[telemetry]\npoll_interval = \"250ms\"\nbehind_window = \"6s\"\n");
     text.push_str(extra);
     std::fs::write(cfg, text).unwrap();
 }

@@ -397,23 +397,7 @@ impl Store {
             hasher.update(&buf);
             total += buf.len() as u64;
             let last = (buf.len() as u64) < PART_SIZE;
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(buf))
-                .send()
-                .await
-                .map_err(|e| request_error("UploadPart", &self.bucket, key, e))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .build(),
-            );
+            parts.push(self.upload_part(key, upload_id, number, buf).await?);
             if last {
                 break;
             }
@@ -423,6 +407,42 @@ impl Store {
                 path: path.display().to_string(),
             });
         }
+        self.complete_upload(key, upload_id, parts).await?;
+        Ok(total)
+    }
+
+    /// Uploads part `number` of a multipart upload.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        buf: Vec<u8>,
+    ) -> Result<CompletedPart, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(buf))
+            .send()
+            .await
+            .map_err(|e| request_error("UploadPart", &self.bucket, key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .build())
+    }
+
+    /// Completes a multipart upload with its parts.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<(), StoreError> {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -436,7 +456,7 @@ impl Store {
             .send()
             .await
             .map_err(|e| request_error("CompleteMultipartUpload", &self.bucket, key, e))?;
-        Ok(total)
+        Ok(())
     }
 
     /// Uploads the first `len` bytes of the file at `path`, a file that may
@@ -487,37 +507,9 @@ impl Store {
                     break;
                 }
                 sent += buf.len() as u64;
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(buf))
-                    .send()
-                    .await
-                    .map_err(|e| request_error("UploadPart", &self.bucket, key, e))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .build(),
-                );
+                parts.push(self.upload_part(key, &upload_id, number, buf).await?);
             }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| request_error("CompleteMultipartUpload", &self.bucket, key, e))?;
+            self.complete_upload(key, &upload_id, parts).await?;
             Ok(sent)
         }
         .await;
@@ -537,28 +529,7 @@ impl Store {
 
     /// Reads a whole object (small ones: manifests).
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    self.not_found(key)
-                } else {
-                    request_error("GET", &self.bucket, key, e)
-                }
-            })?;
-        let body = out.body.collect().await.map_err(|e| StoreError::Request {
-            op: "GET",
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            status: None,
-            message: format!("reading the body: {e}"),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        Ok(self.get_tagged(key).await?.body)
     }
 
     /// Writes `body` to `key` only if `condition` holds; returns the new

@@ -178,7 +178,26 @@ fn spark_is_restarted_after_sigkill_and_resumes_from_its_checkpoint() {
     let st = sv.status().unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["attempt"], 3);
-    assert_eq!(st["restarts_in_window"], 2);
+    // Each killed attempt had committed batches: not a crash loop, so
+    // neither restart counts toward max_restarts (and none waited).
+    assert_eq!(st["restarts_in_window"], 0, "{st}");
+    // The second recovery ended at attempt 3's first commit.
+    let r = &st["last_recovery"];
+    assert_eq!(r["attempt"], 3, "{st}");
+    assert_eq!(r["class"], "signaled", "{st}");
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["phase"].as_str())
+        .collect();
+    // (Spark's API up is a phase when the poller saw it before the commit.)
+    assert_eq!(phases[..3], ["failed", "cleaned_up", "submitted"], "{st}");
+    assert_eq!(phases.last(), Some(&"first_commit"), "{st}");
+    assert_eq!(
+        metric(s.port, "sparkvisor_recovery_duration_seconds_count"),
+        Some(2.0)
+    );
 
     // Graceful stop: exit 0 well within stop_grace, nothing left behind.
     let t0 = Instant::now();

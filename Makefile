@@ -108,8 +108,9 @@ test:
 	echo "make test: $$(( $$(date +%s) - start )) s in total (installs, build, every test)"; \
 	exit $$status
 
-# `cargo test --all-targets` builds examples as test harnesses only; the
-# tests run the example binaries (checkpoint_sync), so build them first.
+# The tests run the example binaries (checkpoint_sync), so build them
+# first. Benchmarks (benches/, harness = false) are not tests: `cargo test
+# --all-targets` would run them, so the targets are named.
 # The whole suite runs even after a failing test binary (--no-fail-fast), so
 # one run shows every failure.
 # The test build has the test-only fault injection (tests/faults.rs;
@@ -118,7 +119,7 @@ test:
 test-all: java venvs s3s-fs faketime promtool lint
 	cargo build --examples --features fault-injection
 	export SPARK_HOME="$$($(SPARK_HOME_CMD))" PYSPARK_PYTHON="$(PYTHON)"; \
-	  cargo test --all-targets --features fault-injection --no-fail-fast -- --test-threads=2
+	  cargo test --lib --bins --tests --features fault-injection --no-fail-fast -- --test-threads=2
 
 # The checkpoint fixtures (tests/fixtures/checkpoints/spark-<line>), made by
 # real Spark of each supported line; holds the machine-wide Spark lock.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::checkpoint::{self, QueryProgress};
+pub use crate::jvm::cds::committed_since;
 
 /// How often the checkpoint is read when no file event arrives (the
 /// fallback; inotify wakes a waiter at once).
@@ -39,13 +40,6 @@ pub fn newest(queries: &[QueryProgress]) -> BTreeMap<PathBuf, u64> {
         .iter()
         .filter_map(|q| Some((q.path.clone(), q.latest_committed_batch?)))
         .collect()
-}
-
-/// Whether `now` holds a commit `before` did not: a newer batch of a query,
-/// or a query that committed for the first time.
-pub fn committed_since(before: &BTreeMap<PathBuf, u64>, now: &BTreeMap<PathBuf, u64>) -> bool {
-    now.iter()
-        .any(|(q, b)| before.get(q).is_none_or(|seen| b > seen))
 }
 
 /// Waits until a query under `root` commits a batch newer than `before`
@@ -124,17 +118,6 @@ impl CommitWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn new_batches_and_new_queries_are_progress() {
-        let m = |v: &[(&str, u64)]| -> BTreeMap<PathBuf, u64> {
-            v.iter().map(|(q, b)| (PathBuf::from(q), *b)).collect()
-        };
-        assert!(!committed_since(&m(&[("a", 3)]), &m(&[("a", 3)])));
-        assert!(committed_since(&m(&[("a", 3)]), &m(&[("a", 4)])));
-        assert!(committed_since(&m(&[("a", 3)]), &m(&[("a", 3), ("b", 0)])));
-        assert!(!committed_since(&m(&[("a", 3), ("b", 1)]), &m(&[("a", 3)])));
-    }
 
     #[tokio::test]
     async fn the_first_commit_after_a_point_is_seen() {
